@@ -11,7 +11,6 @@ import argparse
 import filecmp
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -80,7 +79,9 @@ def main() -> int:
             generate(fresh)
             problems = _diff(OUT, fresh)
         if problems:
-            print("generated stubs are stale; run python scripts/gen_protos.py", *problems, sep="\n")
+            print(
+                "generated stubs are stale; run python scripts/gen_protos.py", *problems, sep="\n"
+            )
             return 1
         print("generated stubs are up to date")
         return 0

@@ -720,7 +720,9 @@ class SearchOptions(_message.Message):
     RESTRICT_VOCAB_FIELD_NUMBER: _builtins.int
     EF_SEARCH_FIELD_NUMBER: _builtins.int
     k: _builtins.int
-    """Number of neighbours (default 10)."""
+    """Number of neighbours; unset means 10. Signed so a bad value reaches the server and gets
+    a clear INVALID_ARGUMENT instead of failing inside the client's serializer.
+    """
     metric: Global___Metric.ValueType
     exact: _builtins.bool
     """Brute-force search instead of the approximate (HNSW) index."""
@@ -733,18 +735,20 @@ class SearchOptions(_message.Message):
     def __init__(
         self,
         *,
-        k: _builtins.int = ...,
+        k: _builtins.int | None = ...,
         metric: Global___Metric.ValueType = ...,
         exact: _builtins.bool = ...,
         whole_words_only: _builtins.bool = ...,
         restrict_vocab: _builtins.int = ...,
         ef_search: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_k", b"_k", "k", b"k"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ef_search", b"ef_search", "exact", b"exact", "k", b"k", "metric", b"metric", "restrict_vocab", b"restrict_vocab", "whole_words_only", b"whole_words_only"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_k", b"_k", "ef_search", b"ef_search", "exact", b"exact", "k", b"k", "metric", b"metric", "restrict_vocab", b"restrict_vocab", "whole_words_only", b"whole_words_only"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__k: _TypeAlias = _typing.Literal["k"]  # noqa: Y015
+    _WhichOneofArgType__k: _TypeAlias = _typing.Literal["_k", b"_k"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__k) -> _WhichOneofReturnType__k | None: ...
 
 Global___SearchOptions: _TypeAlias = SearchOptions  # noqa: Y015
 

@@ -1,0 +1,45 @@
+"""Thin Python client for embedlens: grpcio, protobuf and numpy only."""
+
+from .client import (
+    Client,
+    IndexInfo,
+    Limits,
+    LookupResult,
+    ModelInfo,
+    Neighbor,
+    Token,
+    TransformerInfo,
+)
+from .errors import (
+    ClientError,
+    DeadlineExceededError,
+    FailedPreconditionError,
+    InvalidArgumentError,
+    NotFoundError,
+    ResourceExhaustedError,
+    UnauthenticatedError,
+    UnavailableError,
+    UnimplementedError,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Client",
+    "ClientError",
+    "DeadlineExceededError",
+    "FailedPreconditionError",
+    "IndexInfo",
+    "InvalidArgumentError",
+    "Limits",
+    "LookupResult",
+    "ModelInfo",
+    "Neighbor",
+    "NotFoundError",
+    "ResourceExhaustedError",
+    "Token",
+    "TransformerInfo",
+    "UnauthenticatedError",
+    "UnavailableError",
+    "UnimplementedError",
+]

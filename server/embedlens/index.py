@@ -1,0 +1,302 @@
+"""FAISS wrapper: the exact and approximate search structures over E.
+
+Search returns `(scores, ids)`, each `(n_queries, k)`, best first; a row with fewer than k
+answers is padded with id -1 and score -inf. Ids are rows of E.
+
+- Exact search is brute force with BLAS (`faiss.knn`) over a contiguous matrix holding only the
+  rows that may be answered (special tokens are never searchable), so no post-filtering can
+  leave a query short of k answers. `restrict_vocab` is a prefix of that matrix (ids increase
+  along it), so it costs nothing.
+- Approximate search is an HNSW graph over the same rows (unit vectors for cosine, raw rows for
+  dot product), built once and cached on disk keyed by a hash of its content and parameters.
+  Extra filters (whole words only, restrict_vocab) go in as a FAISS ID selector, so the graph
+  search itself skips them instead of returning fewer than k.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import faiss
+import numpy as np
+from tqdm import tqdm
+
+from .errors import InvalidArgument
+
+log = logging.getLogger(__name__)
+
+COSINE = "cosine"
+DOT = "dot"
+METRICS = (COSINE, DOT)
+_BUILD_CHUNK = 4096
+
+
+def as_queries(x: np.ndarray, d: int) -> np.ndarray:
+    """Queries as a C-contiguous float32 (n, d) array, checked at the boundary."""
+    q = np.ascontiguousarray(x, dtype=np.float32)
+    if q.ndim == 1:
+        q = q[None, :]
+    if q.ndim != 2 or q.shape[1] != d:
+        raise InvalidArgument(f"query vectors must have dimension {d}, got shape {tuple(x.shape)}")
+    if not np.isfinite(q).all():
+        raise InvalidArgument("query vectors must be finite (no NaN or Inf)")
+    return q
+
+
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to length 1 (zero rows stay zero), float32."""
+    norms = np.linalg.norm(x, axis=1, keepdims=True).astype(np.float32)
+    return np.divide(x, norms, out=np.zeros_like(x, dtype=np.float32), where=norms > 0)
+
+
+@dataclass(frozen=True)
+class HnswParams:
+    m: int = 32
+    ef_construction: int = 200
+    ef_search: int = 128
+
+
+class VectorIndex:
+    """Exact and HNSW search over the searchable rows of a matrix."""
+
+    def __init__(
+        self,
+        matrix: np.ndarray,
+        searchable: np.ndarray,
+        whole_words: np.ndarray,
+        *,
+        params: HnswParams | None = None,
+        cache_dir: Path | None = None,
+        progress: bool = True,
+        name: str = "",
+    ) -> None:
+        if matrix.ndim != 2:
+            raise ValueError(f"matrix must be 2-D, got shape {matrix.shape}")
+        self.name = name
+        self.d = int(matrix.shape[1])
+        self.n_total = int(matrix.shape[0])
+        self.params = params or HnswParams()
+        self.cache_dir = cache_dir
+        self.progress = progress
+        self.raw = matrix
+        norms = np.linalg.norm(matrix, axis=1).astype(np.float32)
+        self.norms = norms
+        self.unit = unit_rows(np.asarray(matrix, dtype=np.float32))
+        # The rows that may appear in answers, in increasing id order.
+        self.rows = np.flatnonzero(searchable).astype(np.int64)
+        self._word_rows = np.flatnonzero(searchable & whole_words).astype(np.int64)
+        self._word_local = np.flatnonzero(whole_words[self.rows])
+        self._exact: dict[tuple[str, bool], np.ndarray] = {}
+        self._hnsw: dict[str, faiss.Index] = {}
+        self._lock = threading.Lock()
+        self.content_hash = hashlib.sha256(
+            np.ascontiguousarray(matrix[self.rows], dtype=np.float32).tobytes()
+        ).hexdigest()[:16]
+        self.from_cache = False
+        self.approximate_description = (
+            f"HNSW{self.params.m},Flat efConstruction={self.params.ef_construction} "
+            f"efSearch={self.params.ef_search}"
+        )
+        self.exact_description = "brute force inner product (faiss.knn, BLAS)"
+
+    @property
+    def size(self) -> int:
+        return len(self.rows)
+
+    # ---- building -------------------------------------------------------------------------
+
+    def build(self) -> None:
+        """Build (or load from the cache) what the default cosine search needs."""
+        self._exact_matrix(COSINE, False)
+        self._hnsw_index(COSINE)
+
+    def _exact_matrix(self, metric: str, words_only: bool) -> np.ndarray:
+        key = (metric, words_only)
+        m = self._exact.get(key)
+        if m is None:
+            src = self.unit if metric == COSINE else self.raw
+            rows = self._word_rows if words_only else self.rows
+            m = np.ascontiguousarray(src[rows], dtype=np.float32)
+            self._exact[key] = m
+        return m
+
+    def _hnsw_index(self, metric: str) -> faiss.Index:
+        index = self._hnsw.get(metric)
+        if index is not None:
+            return index
+        with self._lock:
+            index = self._hnsw.get(metric)
+            if index is None:
+                index = self._load_or_build_hnsw(metric)
+                self._hnsw[metric] = index
+        return index
+
+    def _cache_path(self, metric: str) -> Path | None:
+        if self.cache_dir is None:
+            return None
+        p = self.params
+        key = f"{self.content_hash}-{metric}-hnsw{p.m}-efc{p.ef_construction}-n{self.size}"
+        return self.cache_dir / "indexes" / f"{key}.faiss"
+
+    def _load_or_build_hnsw(self, metric: str) -> faiss.Index:
+        path = self._cache_path(metric)
+        if path is not None and path.exists():
+            t0 = time.perf_counter()
+            try:
+                index = faiss.read_index(str(path))
+                if index.ntotal == self.size and index.d == self.d:
+                    log.info(
+                        "%s: loaded %s HNSW index from %s in %.2fs",
+                        self.name,
+                        metric,
+                        path,
+                        time.perf_counter() - t0,
+                    )
+                    self.from_cache = True
+                    return index
+                log.warning("%s: cached index %s does not match; rebuilding", self.name, path)
+            except RuntimeError as exc:  # a truncated or foreign file: rebuild it
+                log.warning(
+                    "%s: cannot read cached index %s (%s); rebuilding", self.name, path, exc
+                )
+        t0 = time.perf_counter()
+        faiss_metric = faiss.METRIC_INNER_PRODUCT
+        index = faiss.IndexHNSWFlat(self.d, self.params.m, faiss_metric)
+        index.hnsw.efConstruction = self.params.ef_construction
+        data = self._exact_matrix(metric, False)
+        bar = tqdm(
+            total=len(data),
+            desc=f"{self.name}: HNSW ({metric})",
+            unit="vec",
+            disable=not self.progress,
+            leave=False,
+        )
+        for start in range(0, len(data), _BUILD_CHUNK):
+            chunk = data[start : start + _BUILD_CHUNK]
+            index.add(chunk)
+            bar.update(len(chunk))
+        bar.close()
+        log.info(
+            "%s: built %s HNSW index over %d vectors in %.1fs",
+            self.name,
+            metric,
+            self.size,
+            time.perf_counter() - t0,
+        )
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".tmp{os.getpid()}")
+            faiss.write_index(index, str(tmp))
+            os.replace(tmp, path)  # atomic: two replicas starting together never see half a file
+        return index
+
+    # ---- search ---------------------------------------------------------------------------
+
+    def search(
+        self,
+        queries: np.ndarray,
+        k: int,
+        *,
+        metric: str = COSINE,
+        exact: bool = False,
+        whole_words_only: bool = False,
+        restrict_vocab: int = 0,
+        exclude: list[set[int]] | None = None,
+        ef_search: int = 0,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The k best rows for each query, leaving out each query's `exclude` ids.
+
+        For the cosine metric the queries must already be unit vectors (the caller decides how
+        to normalise, e.g. gensim's mean of unit vectors).
+        """
+        if metric not in METRICS:
+            raise InvalidArgument(f"metric must be one of {METRICS}, got {metric!r}")
+        q = as_queries(queries, self.d)
+        extra = max((len(e) for e in exclude), default=0) if exclude else 0
+        kk = k + extra
+        if exact:
+            scores, ids = self._search_exact(q, kk, metric, whole_words_only, restrict_vocab)
+        else:
+            scores, ids = self._search_hnsw(
+                q, kk, metric, whole_words_only, restrict_vocab, ef_search
+            )
+        return _drop_excluded(scores, ids, exclude, k) if exclude else (scores[:, :k], ids[:, :k])
+
+    def exact_view(
+        self, metric: str, words_only: bool, restrict_vocab: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, matrix) of the rows a search with these filters ranks; no copy is made."""
+        xb = self._exact_matrix(metric, words_only)
+        rows = self._word_rows if words_only else self.rows
+        if restrict_vocab:
+            cut = int(np.searchsorted(rows, restrict_vocab))
+            xb, rows = xb[:cut], rows[:cut]
+        return rows, xb
+
+    def _search_exact(
+        self, q: np.ndarray, k: int, metric: str, words_only: bool, restrict_vocab: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        rows, xb = self.exact_view(metric, words_only, restrict_vocab)
+        kk = min(k, len(xb))
+        if kk == 0:
+            return _empty(len(q), k)
+        scores, local = faiss.knn(q, xb, kk, metric=faiss.METRIC_INNER_PRODUCT)
+        return _pad(scores, np.where(local >= 0, rows[np.maximum(local, 0)], -1), k)
+
+    def _search_hnsw(
+        self,
+        q: np.ndarray,
+        k: int,
+        metric: str,
+        words_only: bool,
+        restrict_vocab: int,
+        ef_search: int,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        index = self._hnsw_index(metric)
+        kk = min(k, self.size)
+        ef = max(ef_search or self.params.ef_search, kk)
+        params = faiss.SearchParametersHNSW()
+        params.efSearch = ef
+        bitmap = None
+        if words_only or restrict_vocab:
+            allowed = np.zeros(self.size, dtype=bool)
+            allowed[self._word_local if words_only else slice(None)] = True
+            if restrict_vocab:
+                allowed[int(np.searchsorted(self.rows, restrict_vocab)) :] = False
+            bitmap = np.packbits(allowed, bitorder="little")
+            params.sel = faiss.IDSelectorBitmap(self.size, faiss.swig_ptr(bitmap))
+        scores, local = index.search(q, kk, params=params)
+        del bitmap  # the selector points into it: keep it alive until the search is done
+        ids = np.where(local >= 0, self.rows[np.maximum(local, 0)], -1)
+        scores = np.where(local >= 0, scores, -np.inf).astype(np.float32)
+        return _pad(scores, ids, k)
+
+
+def _empty(n: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    return np.full((n, k), -np.inf, dtype=np.float32), np.full((n, k), -1, dtype=np.int64)
+
+
+def _pad(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    if scores.shape[1] >= k:
+        return scores.astype(np.float32, copy=False), ids.astype(np.int64, copy=False)
+    s, i = _empty(len(scores), k)
+    s[:, : scores.shape[1]] = scores
+    i[:, : ids.shape[1]] = ids
+    return s, i
+
+
+def _drop_excluded(
+    scores: np.ndarray, ids: np.ndarray, exclude: list[set[int]], k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    out_s, out_i = _empty(len(ids), k)
+    for r, banned in enumerate(exclude):
+        keep = [j for j, i in enumerate(ids[r]) if i >= 0 and int(i) not in banned][:k]
+        out_s[r, : len(keep)] = scores[r, keep]
+        out_i[r, : len(keep)] = ids[r, keep]
+    return out_s, out_i

@@ -1,0 +1,294 @@
+"""The gRPC servicer: decode the request, call domain code, encode the reply. Nothing else.
+
+Proto <-> numpy conversion lives in the `decode_*` / `encode_*` functions at the top.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import grpc
+import numpy as np
+
+from embedlens_client.pb.embedlens.v1 import embedlens_pb2 as pb
+from embedlens_client.pb.embedlens.v1 import embedlens_pb2_grpc as pb_grpc
+from embedlens_client.tensors import from_numpy, to_numpy
+
+from . import __version__
+from .config import Limits
+from .errors import InvalidArgument, NotFound, ResourceExhausted, Unimplemented, quote_list
+from .index import COSINE, DOT
+from .metrics import Metrics
+from .registry import ModelRegistry
+from .similarity import COS_ADD, COS_MUL, AnalogyQuery, SearchOptions, Term, analogy, nearest
+from .spaces import EmbeddingSpace, TokenSpan
+
+DEFAULT_K = 10
+MAX_EF_SEARCH = 4096
+_METRICS = {pb.METRIC_UNSPECIFIED: COSINE, pb.METRIC_COSINE: COSINE, pb.METRIC_DOT: DOT}
+_METHODS = {
+    pb.ANALOGY_METHOD_UNSPECIFIED: COS_ADD,
+    pb.ANALOGY_METHOD_COS_ADD: COS_ADD,
+    pb.ANALOGY_METHOD_COS_MUL: COS_MUL,
+}
+
+# ---- proto -> domain ---------------------------------------------------------------------
+
+
+def decode_vector(t: pb.Tensor, d_model: int, what: str) -> np.ndarray:
+    """A (d_model,) float32 vector from a Tensor; INVALID_ARGUMENT says what was wrong."""
+    try:
+        arr = to_numpy(t)
+    except ValueError as exc:
+        raise InvalidArgument(f"{what}: {exc}") from None
+    if arr.dtype.kind != "f":
+        raise InvalidArgument(f"{what} must be a float tensor, got {arr.dtype}")
+    if arr.size != d_model or arr.ndim not in (1, 2) or (arr.ndim == 2 and arr.shape[0] != 1):
+        raise InvalidArgument(
+            f"{what} must have shape ({d_model},) for this model, got {tuple(arr.shape)}"
+        )
+    vec = arr.reshape(d_model).astype(np.float32)
+    if not np.isfinite(vec).all():
+        raise InvalidArgument(f"{what} contains NaN or Inf")
+    return vec
+
+
+def decode_terms(space: EmbeddingSpace, queries: list[pb.Query], what: str) -> list[Term]:
+    """Tokens, ids or vectors as Terms; NOT_FOUND names every unknown token at once."""
+    tokens = [q.token for q in queries if q.WhichOneof("query") == "token"]
+    ids = iter(space.token_ids(tokens))  # raises NOT_FOUND naming all missing tokens
+    terms = []
+    for i, q in enumerate(queries):
+        kind = q.WhichOneof("query")
+        if kind == "token":
+            row = next(ids)
+        elif kind == "id":
+            row = space.check_id(q.id)
+        elif kind == "vector":
+            terms.append(Term(decode_vector(q.vector, space.d_model, f"{what} {i}")))
+            continue
+        else:
+            raise InvalidArgument(f"{what} {i} is empty: set token, id or vector")
+        terms.append(Term(space.matrix[row], row))
+    return terms
+
+
+def decode_options(o: pb.SearchOptions, limits: Limits) -> SearchOptions:
+    k = o.k if o.HasField("k") else DEFAULT_K
+    if k < 1:
+        raise InvalidArgument(f"k must be between 1 and {limits.max_k}, got {k}")
+    if k > limits.max_k:
+        raise ResourceExhausted(f"k={k} is over this server's limit max_k={limits.max_k}")
+    metric = _METRICS.get(o.metric)
+    if metric is None:
+        raise InvalidArgument(f"metric must be COSINE or DOT, got enum value {o.metric}")
+    if o.restrict_vocab < 0:
+        raise InvalidArgument(f"restrict_vocab must be 0 (all) or positive, got {o.restrict_vocab}")
+    if not 0 <= o.ef_search <= MAX_EF_SEARCH:
+        raise InvalidArgument(f"ef_search must be between 0 and {MAX_EF_SEARCH}, got {o.ef_search}")
+    return SearchOptions(
+        k=k,
+        metric=metric,
+        exact=o.exact,
+        whole_words_only=o.whole_words_only,
+        restrict_vocab=int(o.restrict_vocab),
+        ef_search=int(o.ef_search),
+    )
+
+
+def check_batch(n: int, limits: Limits, what: str) -> None:
+    if n == 0:
+        raise InvalidArgument(f"{what} must not be empty")
+    if n > limits.max_batch:
+        raise ResourceExhausted(
+            f"{n} {what} is over this server's limit max_batch={limits.max_batch}"
+        )
+
+
+# ---- domain -> proto ---------------------------------------------------------------------
+
+
+def encode_neighbors(
+    space: EmbeddingSpace, scores: np.ndarray, ids: np.ndarray
+) -> list[pb.NeighborList]:
+    vocab = space.vocab
+    return [
+        pb.NeighborList(
+            neighbors=[
+                pb.Neighbor(token=vocab[i], id=i, score=s)
+                for i, s in zip(row_ids.tolist(), row_scores.tolist())
+                if i >= 0
+            ]
+        )
+        for row_scores, row_ids in zip(scores, ids)
+    ]
+
+
+def encode_tokens(spans: list[TokenSpan]) -> list[pb.Token]:
+    return [
+        pb.Token(text=t.text, id=t.id, start=t.start, end=t.end, special=t.special) for t in spans
+    ]
+
+
+def encode_model_info(space: EmbeddingSpace, default: str) -> pb.ModelInfo:
+    idx = space.index
+    info = pb.ModelInfo(
+        name=space.name,
+        source=space.source,
+        format=space.fmt,
+        vocab_size=space.vocab_size,
+        d_model=space.d_model,
+        is_default=space.name == default,
+        lowercase=space.lowercase,
+        special_tokens=len(space.special_ids),
+        load_seconds=space.load_seconds,
+        index=pb.IndexInfo(
+            exact=idx.exact_description,
+            approximate=idx.approximate_description,
+            indexed_vectors=idx.size,
+            from_cache=idx.from_cache,
+            content_hash=idx.content_hash,
+        ),
+    )
+    return info
+
+
+def encode_limits(limits: Limits) -> pb.Limits:
+    return pb.Limits(
+        max_k=limits.max_k,
+        max_batch=limits.max_batch,
+        max_tokens=limits.max_tokens,
+        max_texts=limits.max_texts,
+        max_request_bytes=limits.max_request_bytes,
+        max_response_bytes=limits.max_response_bytes,
+        max_concurrent_rpcs=limits.max_concurrent_rpcs,
+    )
+
+
+# ---- the servicer ------------------------------------------------------------------------
+
+
+class EmbeddingService(pb_grpc.EmbeddingServiceServicer):
+    def __init__(self, registry: ModelRegistry, limits: Limits, metrics: Metrics) -> None:
+        self.registry = registry
+        self.limits = limits
+        self.metrics = metrics
+
+    def Info(self, request: pb.InfoRequest, context: grpc.ServicerContext) -> pb.InfoResponse:
+        space = self.registry.get(request.model)
+        return pb.InfoResponse(
+            model=encode_model_info(space, self.registry.default),
+            limits=encode_limits(self.limits),
+            server_version=__version__,
+        )
+
+    def ListModels(
+        self, request: pb.ListModelsRequest, context: grpc.ServicerContext
+    ) -> pb.ListModelsResponse:
+        return pb.ListModelsResponse(
+            models=[encode_model_info(s, self.registry.default) for s in self.registry.all()],
+            default_model=self.registry.default,
+            limits=encode_limits(self.limits),
+            server_version=__version__,
+        )
+
+    def Tokenize(
+        self, request: pb.TokenizeRequest, context: grpc.ServicerContext
+    ) -> pb.TokenizeResponse:
+        space = self.registry.get(request.model)
+        spans = space.tokenize(request.text, add_special_tokens=not request.skip_special_tokens)
+        return pb.TokenizeResponse(model=space.name, tokens=encode_tokens(spans))
+
+    def Lookup(self, request: pb.LookupRequest, context: grpc.ServicerContext) -> pb.LookupResponse:
+        space = self.registry.get(request.model)
+        check_batch(len(request.items), self.limits, "items")
+        self.metrics.batch_size.labels("Lookup").observe(len(request.items))
+        vectors = np.empty((len(request.items), space.d_model), dtype=np.float32)
+        items: list[pb.LookupItem] = []
+        missing: list[str] = []
+        for i, q in enumerate(request.items):
+            kind = q.WhichOneof("query")
+            if kind == "id":
+                row = space.check_id(q.id)
+            elif kind == "token":
+                found = space.find_token(q.token)
+                if found is None and request.compose_subwords:
+                    vectors[i], pieces = space.compose(q.token)
+                    items.append(
+                        pb.LookupItem(
+                            token=q.token, id=-1, composed=True, pieces=encode_tokens(pieces)
+                        )
+                    )
+                    continue
+                if found is None:
+                    missing.append(q.token)
+                    continue
+                row = found
+            elif kind == "vector":
+                raise InvalidArgument(f"item {i}: Lookup takes tokens or ids, not vectors")
+            else:
+                raise InvalidArgument(f"item {i} is empty: set token or id")
+            vectors[i] = space.matrix[row]
+            items.append(pb.LookupItem(token=space.vocab[row], id=row))
+        if missing:
+            what = "token" if len(missing) == 1 else "tokens"
+            raise NotFound(
+                f"{what} {quote_list(missing)} not in the vocabulary of model {space.name!r} "
+                "(set compose_subwords to average the tokenizer's pieces)"
+            )
+        return pb.LookupResponse(model=space.name, vectors=from_numpy(vectors), items=items)
+
+    def Nearest(
+        self, request: pb.NearestRequest, context: grpc.ServicerContext
+    ) -> pb.NearestResponse:
+        space = self.registry.get(request.model)
+        check_batch(len(request.queries), self.limits, "queries")
+        self.metrics.batch_size.labels("Nearest").observe(len(request.queries))
+        opts = decode_options(request.options, self.limits)
+        terms = decode_terms(space, list(request.queries), "query")
+        scores, ids = nearest(space, terms, opts, include_query=request.include_query)
+        return pb.NearestResponse(model=space.name, results=encode_neighbors(space, scores, ids))
+
+    def Analogy(
+        self, request: pb.AnalogyRequest, context: grpc.ServicerContext
+    ) -> pb.AnalogyResponse:
+        space = self.registry.get(request.model)
+        check_batch(len(request.queries), self.limits, "queries")
+        self.metrics.batch_size.labels("Analogy").observe(len(request.queries))
+        opts = decode_options(request.options, self.limits)
+        method = _METHODS.get(request.method)
+        if method is None:
+            raise InvalidArgument(
+                f"method must be COS_ADD or COS_MUL, got enum value {request.method}"
+            )
+        queries = [
+            AnalogyQuery(
+                tuple(decode_terms(space, list(q.positive), f"analogy {i} positive term")),
+                tuple(decode_terms(space, list(q.negative), f"analogy {i} negative term")),
+            )
+            for i, q in enumerate(request.queries)
+        ]
+        scores, ids = analogy(
+            space, queries, opts, method=method, include_inputs=request.include_inputs
+        )
+        return pb.AnalogyResponse(model=space.name, results=encode_neighbors(space, scores, ids))
+
+    def ContextualEmbed(
+        self, request: pb.ContextualEmbedRequest, context: grpc.ServicerContext
+    ) -> pb.ContextualEmbedResponse:
+        raise Unimplemented(
+            "ContextualEmbed is not implemented by this server version yet; "
+            "Lookup, Nearest, Analogy and Tokenize are"
+        )
+
+    def StreamNearest(
+        self, request_iterator: Iterator[pb.StreamNearestRequest], context: grpc.ServicerContext
+    ) -> Iterator[pb.StreamNearestResponse]:
+        for message in request_iterator:
+            yield pb.StreamNearestResponse(response=self.Nearest(message.request, context))
+
+    def StreamAnalogy(
+        self, request_iterator: Iterator[pb.StreamAnalogyRequest], context: grpc.ServicerContext
+    ) -> Iterator[pb.StreamAnalogyResponse]:
+        for message in request_iterator:
+            yield pb.StreamAnalogyResponse(response=self.Analogy(message.request, context))
