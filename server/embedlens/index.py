@@ -261,7 +261,7 @@ class VectorIndex:
         index = self._hnsw_index(metric)
         kk = min(k, self.size)
         ef = max(ef_search or self.params.ef_search, kk)
-        params = faiss.SearchParametersHNSW()
+        params = faiss.SearchParametersHNSW()  # type: ignore[attr-defined]
         params.efSearch = ef
         bitmap = None
         if words_only or restrict_vocab:
