@@ -6,12 +6,16 @@ import importlib.util
 import logging
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..config import ModelSpec, ServerConfig
 from ..index import HnswParams, VectorIndex
 from .space import EmbeddingSpace, TokenSpan, bracketed_specials, wordpiece_whole_words
+
+if TYPE_CHECKING:
+    from ..transformer import Transformer
 
 __all__ = ["EmbeddingSpace", "TokenSpan", "load_space", "resolve_source"]
 
@@ -94,6 +98,9 @@ def _load_bert_dir(spec: ModelSpec, path: Path, config: ServerConfig) -> Embeddi
     from tokenizers import Tokenizer
 
     tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
+    # The shipped file pads and truncates for training; we count and limit tokens ourselves.
+    tokenizer.no_padding()
+    tokenizer.no_truncation()
     weights = load_file(str(path / "model.safetensors"))
     key = next(
         (
@@ -123,7 +130,23 @@ def _load_bert_dir(spec: ModelSpec, path: Path, config: ServerConfig) -> Embeddi
         tokenizer=tokenizer,
         lowercase=lowercase,
         special_ids=frozenset(special),
+        transformer=_load_transformer(spec, path),
     )
+
+
+def _load_transformer(spec: ModelSpec, path: Path) -> Transformer | None:
+    """The checkpoint's transformer for ContextualEmbed (about a second for MiniLM).
+
+    A BERT-family folder our transformer cannot run (e.g. relative positions) is still served
+    as a static space: Lookup/Nearest/Analogy work and ContextualEmbed says FAILED_PRECONDITION.
+    """
+    from ..transformer import Transformer  # torch is imported only for models that need it
+
+    try:
+        return Transformer.from_dir(path)
+    except (ValueError, KeyError) as exc:
+        log.warning("model %r: no transformer, serving E only: %s", spec.name, exc)
+        return None
 
 
 def _load_vector_file(spec: ModelSpec, path: Path, config: ServerConfig) -> EmbeddingSpace:
