@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from embedlens.config import ServerConfig
 from embedlens.server import EmbedlensServer, create_server
 from embedlens_client import Client

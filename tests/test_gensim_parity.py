@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from embedlens.server import EmbedlensServer
 from embedlens_client import Client, Neighbor
 
@@ -31,8 +32,11 @@ def kv(server: EmbedlensServer) -> object:
 def words(server: EmbedlensServer) -> list[str]:
     space = server.registry.get("minilm")
     rng = np.random.default_rng(20261203)
-    pool = [t for i, t in enumerate(space.vocab)
-            if i not in space.special_ids and t.isalpha() and len(t) > 2 and i < 20000]
+    pool = [
+        t
+        for i, t in enumerate(space.vocab)
+        if i not in space.special_ids and t.isalpha() and len(t) > 2 and i < 20000
+    ]
     return [str(w) for w in rng.choice(pool, size=3 * N_QUERIES, replace=False)]
 
 
@@ -44,8 +48,9 @@ def _gensim_filtered(kv: object, pairs: list[tuple[str, float]], k: int) -> list
 def assert_same_ranking(ours: list[Neighbor], ref: list[tuple[str, float]], what: object) -> None:
     """Same scores rank by rank; same tokens except where scores tie within tolerance."""
     assert len(ours) == len(ref), what
-    np.testing.assert_allclose([n.score for n in ours], [s for _, s in ref], atol=SCORE_TOL,
-                               err_msg=str(what))
+    np.testing.assert_allclose(
+        [n.score for n in ours], [s for _, s in ref], atol=SCORE_TOL, err_msg=str(what)
+    )
     cutoff = ref[-1][1] + SCORE_TOL  # answers scoring clearly above the last one must match
     assert {n.token for n in ours if n.score > cutoff} == {w for w, s in ref if s > cutoff}, what
 
@@ -89,8 +94,10 @@ def test_analogy_equals_gensim(client: Client, kv: object, words: list[str], met
 def test_analogy_with_several_terms_and_vectors(client: Client, kv: object) -> None:
     v = np.random.default_rng(3).normal(size=384).astype(np.float32)
     for method, fn in (("3cosadd", kv.most_similar), ("3cosmul", kv.most_similar_cosmul)):  # type: ignore[attr-defined]
-        got = client.analogy(["paris", "germany", v], ["france", "city"], k=K, method=method,
-                             exact=True)
-        ref = _gensim_filtered(kv, fn(positive=["paris", "germany", v],
-                                      negative=["france", "city"], topn=K + 1000), K)
+        got = client.analogy(
+            ["paris", "germany", v], ["france", "city"], k=K, method=method, exact=True
+        )
+        ref = _gensim_filtered(
+            kv, fn(positive=["paris", "germany", v], negative=["france", "city"], topn=K + 1000), K
+        )
         assert_same_ranking(got, ref, method)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from embedlens_client import Client
 
 
@@ -54,7 +55,7 @@ def test_tokenize_gives_ids_and_character_offsets(client: Client) -> None:
     assert [t.text for t in words][:3] == ["the", "river", "bank"]
     for t in words:
         assert text[t.start : t.end].lower() == t.text.removeprefix("##")
-    assert [t.text for t in client.tokenize(text, skip_special_tokens=True)][0] == "the"
+    assert next(t.text for t in client.tokenize(text, skip_special_tokens=True)) == "the"
 
 
 def test_nearest_by_token_id_and_vector_agree(client: Client) -> None:
@@ -119,8 +120,9 @@ def test_approximate_search_agrees_with_exact(client: Client) -> None:
 def test_king_minus_man_plus_woman_is_queen(client: Client) -> None:
     for method in ("3cosadd", "3cosmul"):
         for exact in (True, False):
-            res = client.analogy(positive=["king", "woman"], negative=["man"], k=1,
-                                 method=method, exact=exact)
+            res = client.analogy(
+                positive=["king", "woman"], negative=["man"], k=1, method=method, exact=exact
+            )
             assert res[0].token == "queen", (method, exact, res)
 
 
@@ -145,19 +147,31 @@ def test_nearest_batch_of_vectors(client: Client) -> None:
 
 
 def test_streaming_analogy_matches_unary(client: Client, target: str) -> None:
-    from embedlens_client.pb.embedlens.v1 import embedlens_pb2 as pb
-    from embedlens_client.pb.embedlens.v1 import embedlens_pb2_grpc as pb_grpc
     import grpc
 
+    from embedlens_client.pb.embedlens.v1 import embedlens_pb2 as pb
+    from embedlens_client.pb.embedlens.v1 import embedlens_pb2_grpc as pb_grpc
+
     def req(pos: list[str], neg: list[str]) -> pb.StreamAnalogyRequest:
-        return pb.StreamAnalogyRequest(request=pb.AnalogyRequest(
-            queries=[pb.AnalogyQuery(positive=[pb.Query(token=t) for t in pos],
-                                     negative=[pb.Query(token=t) for t in neg])],
-            options=pb.SearchOptions(k=2, exact=True)))
+        return pb.StreamAnalogyRequest(
+            request=pb.AnalogyRequest(
+                queries=[
+                    pb.AnalogyQuery(
+                        positive=[pb.Query(token=t) for t in pos],
+                        negative=[pb.Query(token=t) for t in neg],
+                    )
+                ],
+                options=pb.SearchOptions(k=2, exact=True),
+            )
+        )
 
     with grpc.insecure_channel(target) as ch:
         stub = pb_grpc.EmbeddingServiceStub(ch)
-        out = list(stub.StreamAnalogy(iter([req(["king", "woman"], ["man"]),
-                                            req(["paris", "germany"], ["france"])]), timeout=30))
+        out = list(
+            stub.StreamAnalogy(
+                iter([req(["king", "woman"], ["man"]), req(["paris", "germany"], ["france"])]),
+                timeout=30,
+            )
+        )
     assert [o.response.results[0].neighbors[0].token for o in out] == ["queen", "berlin"]
     assert out[0].response.model == "minilm"

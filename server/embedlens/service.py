@@ -16,12 +16,14 @@ from embedlens_client.tensors import from_numpy, to_numpy
 
 from . import __version__
 from .config import Limits
-from .errors import InvalidArgument, NotFound, ResourceExhausted, Unimplemented, quote_list
+from .contextual import ContextualOptions, ContextualText, contextual_embed
+from .errors import InvalidArgument, NotFound, ResourceExhausted, quote_list
 from .index import COSINE, DOT
 from .metrics import Metrics
 from .registry import ModelRegistry
 from .similarity import COS_ADD, COS_MUL, AnalogyQuery, SearchOptions, Term, analogy, nearest
 from .spaces import EmbeddingSpace, TokenSpan
+from .transformer import point_names
 
 DEFAULT_K = 10
 MAX_EF_SEARCH = 4096
@@ -30,6 +32,12 @@ _METHODS = {
     pb.ANALOGY_METHOD_UNSPECIFIED: COS_ADD,
     pb.ANALOGY_METHOD_COS_ADD: COS_ADD,
     pb.ANALOGY_METHOD_COS_MUL: COS_MUL,
+}
+_POOLINGS = {
+    pb.POOLING_UNSPECIFIED: None,
+    pb.POOLING_MEAN: "mean",
+    pb.POOLING_FIRST: "first",
+    pb.POOLING_LAST: "last",
 }
 
 # ---- proto -> domain ---------------------------------------------------------------------
@@ -105,6 +113,22 @@ def check_batch(n: int, limits: Limits, what: str) -> None:
         )
 
 
+def decode_contextual(r: pb.ContextualEmbedRequest) -> ContextualOptions:
+    if r.pooling not in _POOLINGS:
+        raise InvalidArgument(
+            f"pooling must be UNSPECIFIED, MEAN, FIRST or LAST, got enum value {r.pooling}"
+        )
+    return ContextualOptions(
+        points=tuple(r.points),
+        layers=tuple(r.layers),
+        skip_special_tokens=r.skip_special_tokens,
+        nearest_k=r.nearest_k,
+        pooling=_POOLINGS[r.pooling],
+        normalize=r.normalize,
+        half_precision=r.half_precision,
+    )
+
+
 # ---- domain -> proto ---------------------------------------------------------------------
 
 
@@ -150,6 +174,21 @@ def encode_model_info(space: EmbeddingSpace, default: str) -> pb.ModelInfo:
             content_hash=idx.content_hash,
         ),
     )
+    tr = space.transformer
+    if tr is not None:
+        cfg = tr.cfg
+        info.transformer.CopyFrom(
+            pb.TransformerInfo(
+                n_layers=cfg.n_layers,
+                n_heads=cfg.n_heads,
+                n_ctx=cfg.n_ctx,
+                d_mlp=cfg.d_mlp,
+                block_style=cfg.block_style,
+                positional=cfg.positional,
+                causal=cfg.causal,
+                points=point_names(cfg.n_layers),
+            )
+        )
     return info
 
 
@@ -163,6 +202,34 @@ def encode_limits(limits: Limits) -> pb.Limits:
         max_response_bytes=limits.max_response_bytes,
         max_concurrent_rpcs=limits.max_concurrent_rpcs,
     )
+
+
+def encode_contextual(
+    space: EmbeddingSpace, results: list[ContextualText], half_precision: bool
+) -> list[pb.TextEmbedding]:
+    dtype = np.float16 if half_precision else np.float32
+    out = []
+    for r in results:
+        msg = pb.TextEmbedding(
+            tokens=encode_tokens(r.tokens),
+            activations=[
+                pb.Activation(
+                    name=pv.point.name,
+                    layer=pv.point.layer,
+                    values=from_numpy(pv.values, dtype),
+                    nearest=(
+                        encode_neighbors(space, pv.nearest_scores, pv.nearest_ids)
+                        if pv.nearest_scores is not None and pv.nearest_ids is not None
+                        else []
+                    ),
+                )
+                for pv in r.points
+            ],
+        )
+        if r.pooled is not None:
+            msg.pooled.CopyFrom(from_numpy(r.pooled, dtype))
+        out.append(msg)
+    return out
 
 
 # ---- the servicer ------------------------------------------------------------------------
@@ -261,12 +328,14 @@ class EmbeddingService(pb_grpc.EmbeddingServiceServicer):
             raise InvalidArgument(
                 f"method must be COS_ADD or COS_MUL, got enum value {request.method}"
             )
+        # Decode every term of the batch at once, so NOT_FOUND names all unknown tokens.
+        flat = [t for q in request.queries for t in (*q.positive, *q.negative)]
+        terms = iter(decode_terms(space, flat, "analogy term"))
         queries = [
             AnalogyQuery(
-                tuple(decode_terms(space, list(q.positive), f"analogy {i} positive term")),
-                tuple(decode_terms(space, list(q.negative), f"analogy {i} negative term")),
+                tuple(next(terms) for _ in q.positive), tuple(next(terms) for _ in q.negative)
             )
-            for i, q in enumerate(request.queries)
+            for q in request.queries
         ]
         scores, ids = analogy(
             space, queries, opts, method=method, include_inputs=request.include_inputs
@@ -276,9 +345,12 @@ class EmbeddingService(pb_grpc.EmbeddingServiceServicer):
     def ContextualEmbed(
         self, request: pb.ContextualEmbedRequest, context: grpc.ServicerContext
     ) -> pb.ContextualEmbedResponse:
-        raise Unimplemented(
-            "ContextualEmbed is not implemented by this server version yet; "
-            "Lookup, Nearest, Analogy and Tokenize are"
+        space = self.registry.get(request.model)
+        opts = decode_contextual(request)
+        results = contextual_embed(space, list(request.texts), opts, self.limits)
+        self.metrics.batch_size.labels("ContextualEmbed").observe(len(results))
+        return pb.ContextualEmbedResponse(
+            model=space.name, results=encode_contextual(space, results, opts.half_precision)
         )
 
     def StreamNearest(
