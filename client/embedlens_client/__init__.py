@@ -2,6 +2,7 @@
 
 from .client import (
     Client,
+    ContextualResult,
     IndexInfo,
     Limits,
     LookupResult,
@@ -27,6 +28,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Client",
     "ClientError",
+    "ContextualResult",
     "DeadlineExceededError",
     "FailedPreconditionError",
     "IndexInfo",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -20,6 +21,12 @@ T = TypeVar("T")
 
 _METRICS = {"cosine": pb.METRIC_COSINE, "dot": pb.METRIC_DOT}
 _METHODS = {"3cosadd": pb.ANALOGY_METHOD_COS_ADD, "3cosmul": pb.ANALOGY_METHOD_COS_MUL}
+_POOLINGS = {
+    None: pb.POOLING_UNSPECIFIED,
+    "mean": pb.POOLING_MEAN,
+    "first": pb.POOLING_FIRST,
+    "last": pb.POOLING_LAST,
+}
 
 
 @dataclass(frozen=True)
@@ -97,6 +104,41 @@ class LookupResult:
     pieces: tuple[Token, ...]
 
 
+@dataclass(frozen=True)
+class ContextualResult:
+    """ContextualEmbed output for one text.
+
+    `activations` maps point names ("embed", "blocks.3.resid_post", ...) to float32 arrays of
+    shape (n_tokens, d_model), one row per entry of `tokens`, in forward-pass order.
+    `nearest` maps the same names to one list of neighbours per token (empty unless nearest_k).
+    `pooled` is the (d_model,) sentence vector when pooling was asked for.
+    """
+
+    tokens: list[Token]
+    activations: dict[str, np.ndarray]
+    nearest: dict[str, list[list[Neighbor]]]
+    pooled: np.ndarray | None
+
+    def position(self, token: str, occurrence: int = 0) -> int:
+        """Index in `tokens` of a token text ("bank"), case-insensitive; ValueError if absent."""
+        hits = [i for i, t in enumerate(self.tokens) if t.text.lower() == token.lower()]
+        if len(hits) <= occurrence:
+            raise ValueError(
+                f"token {token!r} (occurrence {occurrence}) is not among "
+                f"{[t.text for t in self.tokens]}"
+            )
+        return hits[occurrence]
+
+
+def _contextual_result(m: pb.TextEmbedding) -> ContextualResult:
+    return ContextualResult(
+        tokens=[_token(t) for t in m.tokens],
+        activations={a.name: np.array(to_numpy(a.values), dtype=np.float32) for a in m.activations},
+        nearest={a.name: _neighbors(a.nearest) for a in m.activations},
+        pooled=np.array(to_numpy(m.pooled), dtype=np.float32) if m.HasField("pooled") else None,
+    )
+
+
 def _limits(m: pb.Limits) -> Limits:
     return Limits(
         m.max_k,
@@ -165,25 +207,84 @@ def to_query(q: QueryLike) -> pb.Query:
     return pb.Query(vector=from_numpy(arr, np.float32))
 
 
-def _retry_service_config(retries: int) -> str:
-    """gRPC service config: retry UNAVAILABLE with backoff, round-robin over resolved addresses."""
-    return json.dumps(
-        {
-            "loadBalancingConfig": [{"round_robin": {}}],
-            "methodConfig": [
-                {
-                    "name": [{"service": "embedlens.v1.EmbeddingService"}],
-                    "retryPolicy": {
-                        "maxAttempts": max(2, retries + 1),
-                        "initialBackoff": "0.05s",
-                        "maxBackoff": "1s",
-                        "backoffMultiplier": 2,
-                        "retryableStatusCodes": ["UNAVAILABLE"],
-                    },
-                }
-            ],
-        }
+def _service_config(retries: int) -> str:
+    """gRPC service config: round_robin over every resolved address, UNAVAILABLE retried.
+
+    round_robin sends each call to the next READY connection, so calls spread over all the
+    addresses a target resolves to (pick_first, gRPC's default, sends them all to one), and an
+    address that stops answering is skipped. A call that fails with UNAVAILABLE (its server
+    went away, is draining, or a load balancer found no replica) is tried again, on another
+    address, after a randomized exponential backoff, within the call's deadline.
+    """
+    config: dict[str, Any] = {"loadBalancingConfig": [{"round_robin": {}}]}
+    if retries > 0:
+        config["methodConfig"] = [
+            {
+                "name": [{"service": "embedlens.v1.EmbeddingService"}],
+                "retryPolicy": {
+                    # gRPC caps attempts at 5 whatever is asked.
+                    "maxAttempts": retries + 1,
+                    "initialBackoff": "0.05s",
+                    "maxBackoff": "1s",
+                    "backoffMultiplier": 2,
+                    "retryableStatusCodes": ["UNAVAILABLE"],
+                },
+            }
+        ]
+    return json.dumps(config)
+
+
+def channel_target(target: str | Sequence[str]) -> str:
+    """The gRPC target for a "host:port" or URI string, or for a list of "host:port" addresses.
+
+    gRPC has no target form for several host names, so a list becomes an `ipv4:` (or `ipv6:`)
+    list of addresses, host names resolved once, here. To follow DNS as replicas come and go,
+    give one "dns:///name:port" target instead: gRPC re-resolves it when a connection drops.
+    """
+    if isinstance(target, str):
+        if not target.strip():
+            raise ValueError("target must not be empty")
+        return target
+    addresses = list(target)
+    if not addresses:
+        raise ValueError("target must name at least one address")
+    if len(addresses) == 1:
+        return channel_target(addresses[0])
+    resolved: list[tuple[socket.AddressFamily, str, int]] = []
+    for address in addresses:
+        for item in _resolve(address):
+            if item not in resolved:
+                resolved.append(item)
+    if all(family == socket.AF_INET for family, _, _ in resolved):
+        return "ipv4:" + ",".join(f"{ip}:{port}" for _, ip, port in resolved)
+    # Mixed families: an IPv4 address is written IPv4-mapped, the one form ipv6: accepts.
+    return "ipv6:" + ",".join(
+        f"[{ip if family == socket.AF_INET6 else '::ffff:' + ip}]:{port}"
+        for family, ip, port in resolved
     )
+
+
+def _resolve(address: str) -> list[tuple[socket.AddressFamily, str, int]]:
+    """(family, ip, port) for "host:port" or "[v6]:port"; a name's IPv4 addresses if it has any."""
+    if not isinstance(address, str) or "://" in address:
+        raise ValueError(f"each address in a list must be 'host:port', got {address!r}")
+    if address.startswith("["):
+        host, sep, port_text = address[1:].partition("]:")
+    else:
+        host, sep, port_text = address.rpartition(":")
+    if not sep or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ValueError(f"each address in a list must be 'host:port', got {address!r}")
+    try:
+        infos = socket.getaddrinfo(host, int(port_text), type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise ValueError(f"cannot resolve {host!r} (from {address!r}): {exc}") from None
+    found = [
+        (family, str(sockaddr[0]), int(sockaddr[1]))
+        for family, _, _, _, sockaddr in infos
+        if family in (socket.AF_INET, socket.AF_INET6)
+    ]
+    v4 = [f for f in found if f[0] == socket.AF_INET]
+    return v4 or found
 
 
 class Client:
@@ -209,21 +310,13 @@ class Client:
             raise ValueError(f"timeout must be positive, got {timeout}")
         if retries < 0:
             raise ValueError(f"retries must be 0 or more, got {retries}")
-        if isinstance(target, str):
-            if not target:
-                raise ValueError("target must not be empty")
-            resolved = target
-        else:
-            addresses = list(target)
-            if not addresses:
-                raise ValueError("target must name at least one address")
-            resolved = addresses[0] if len(addresses) == 1 else "ipv4:" + ",".join(addresses)
+        resolved = channel_target(target)
         self.target = resolved
         self.timeout = timeout
         self.model = model or ""
         self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
         opts = [
-            ("grpc.service_config", _retry_service_config(retries)),
+            ("grpc.service_config", _service_config(retries)),
             ("grpc.enable_retries", 1),
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
@@ -418,12 +511,47 @@ class Client:
             negative = [negative]
         return self.analogy_batch([(positive, negative)], k, **kwargs)[0]
 
-    def contextual_embed(self, *args: Any, **kwargs: Any) -> Any:
-        """Residual-stream points of the transformer for texts (see ContextualEmbed)."""
+    def contextual_embed(
+        self,
+        texts: str | Sequence[str],
+        *,
+        points: str | Sequence[str] = (),
+        layers: int | Sequence[int] = (),
+        skip_special_tokens: bool = False,
+        nearest_k: int = 0,
+        pooling: str | None = None,
+        normalize: bool = False,
+        half_precision: bool = False,
+        model: str | None = None,
+        timeout: float | None = None,
+    ) -> list[ContextualResult]:
+        """Run the model's transformer on texts; the residual stream at the chosen points.
+
+        One ContextualResult per text, in order; a single str still gives a list of one.
+        points: full names ("embed", "pos_embed", "blocks.3.resid_post", "final") or per-block
+        kinds ("resid_pre", "attn_out", "resid_mid", "mlp_out", "resid_post") taken at every
+        block in `layers` (negative layers count from the end; none: every block). No points:
+        "resid_post" at the chosen layers.
+        skip_special_tokens: leave [CLS]/[SEP] out of the result (the model still reads them).
+        nearest_k: the k nearest static tokens of E (cosine, exact) for every returned vector.
+        pooling: None, "mean", "first" or "last" of `final`; normalize L2-normalises it.
+        half_precision: float16 on the wire (half the bytes); arrays come back as float32.
+        """
+        if pooling not in _POOLINGS:
+            raise ValueError(f"pooling must be None, 'mean', 'first' or 'last', got {pooling!r}")
         r = self._call(
             "ContextualEmbed",
             pb.ContextualEmbedRequest(
-                model=self._model(kwargs.get("model")), texts=list(args[0]) if args else []
+                model=self._model(model),
+                texts=[texts] if isinstance(texts, str) else list(texts),
+                points=[points] if isinstance(points, str) else list(points),
+                layers=[layers] if isinstance(layers, (int, np.integer)) else list(layers),
+                skip_special_tokens=skip_special_tokens,
+                nearest_k=nearest_k,
+                pooling=_POOLINGS[pooling],
+                normalize=normalize,
+                half_precision=half_precision,
             ),
+            timeout=timeout,
         )
-        return r
+        return [_contextual_result(t) for t in r.results]
