@@ -416,3 +416,20 @@ def test_static_only_model_is_failed_precondition(limited: Client) -> None:
     assert limited.nearest("bank", 1, model="static")[0].token in ("river", "money")
     (ok,) = limited.contextual_embed("river bank", points="embed")
     assert ok.activations["embed"].shape == (4, 384)
+
+
+def test_cli_shows_nearest_static_tokens_per_layer(
+    target: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from embedlens.cli import main
+
+    argv = ["query", "contextual", RIVER, "--token", "bank", "-k", "3", "--target", target]
+    assert main(argv) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "'bank' at position 6 [20, 24):"
+    assert [ln.split()[0] for ln in lines[1:]] == ["embed"] + [
+        f"blocks.{i}.resid_post" for i in range(N_LAYERS)
+    ]
+    assert lines[1].split()[1:3] == ["bank", "1.000"]
+    assert main([*argv[:3], "--points", "blocks.9.mlp_out", "--target", target]) == 1
+    assert "unknown point(s) 'blocks.9.mlp_out'" in capsys.readouterr().err

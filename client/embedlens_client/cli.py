@@ -1,4 +1,4 @@
-"""Client-side commands: `embedlens query nearest|analogy|lookup|tokenize|info`.
+"""Client-side commands: `embedlens query nearest|analogy|lookup|tokenize|contextual|info`.
 
 Talks to a running server (--target HOST:PORT, default $EMBEDLENS_TARGET or localhost:50051).
 """
@@ -11,7 +11,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from .client import Client, Neighbor
+from .client import Client, ContextualResult, Neighbor
 from .errors import ClientError
 
 
@@ -74,6 +74,26 @@ def add_query_parser(sub: argparse._SubParsersAction) -> None:
     t = qs.add_parser("tokenize", help="text to tokens")
     t.add_argument("text")
     add_target_arguments(t)
+    c = qs.add_parser(
+        "contextual",
+        help="run the transformer on a text: nearest static tokens at each stream point",
+        description="For each chosen residual-stream point, the k nearest static tokens of E "
+        "to a token's contextual vector (a logit lens through E), e.g. "
+        "'embedlens query contextual \"we sat on the river bank\" --token bank'.",
+    )
+    c.add_argument("text")
+    c.add_argument("--token", help="follow this token (default: every token of the text)")
+    c.add_argument("--occurrence", type=int, default=0, help="which occurrence of --token")
+    c.add_argument(
+        "--points",
+        nargs="+",
+        default=["embed", "resid_post"],
+        help="point names or per-block kinds (default: embed resid_post)",
+    )
+    c.add_argument("--layers", nargs="+", type=int, default=[], help="blocks; -1 is the last")
+    c.add_argument("-k", type=int, default=5)
+    c.add_argument("--skip-special", action="store_true", help="leave out [CLS] and [SEP]")
+    add_target_arguments(c)
     i = qs.add_parser("info", help="what the server serves")
     add_target_arguments(i)
 
@@ -85,6 +105,26 @@ def _print_neighbors(ns: list[Neighbor], as_json: bool) -> None:
     width = max((len(n.token) for n in ns), default=5)
     for rank, n in enumerate(ns, 1):
         print(f"{rank:>3}  {n.token:<{width}}  {n.score:.4f}  (id {n.id})")
+
+
+def _print_contextual(r: ContextualResult, token: str | None, occurrence: int, j: bool) -> None:
+    positions = [r.position(token, occurrence)] if token else list(range(len(r.tokens)))
+    if j:
+        out = {
+            f"{p}:{r.tokens[p].text}": {
+                name: [n.__dict__ for n in lists[p]] for name, lists in r.nearest.items()
+            }
+            for p in positions
+        }
+        print(json.dumps(out))
+        return
+    width = max(len(name) for name in r.nearest)
+    for p in positions:
+        t = r.tokens[p]
+        print(f"{t.text!r} at position {p} [{t.start}, {t.end}):")
+        for name, lists in r.nearest.items():
+            shown = "  ".join(f"{n.token} {n.score:.3f}" for n in lists[p])
+            print(f"  {name:<{width}}  {shown}")
 
 
 def run_query(args: argparse.Namespace) -> int:
@@ -139,6 +179,15 @@ def run_query(args: argparse.Namespace) -> int:
                 else:
                     for t in toks:
                         print(f"{t.id:>6}  {t.text!r:<16} [{t.start}, {t.end})")
+            elif cmd == "contextual":
+                (res,) = c.contextual_embed(
+                    args.text,
+                    points=args.points,
+                    layers=args.layers,
+                    nearest_k=args.k,
+                    skip_special_tokens=args.skip_special,
+                )
+                _print_contextual(res, args.token, args.occurrence, args.json)
             elif cmd == "info":
                 for m in c.models():
                     print(json.dumps(m.__dict__, default=lambda o: o.__dict__, indent=2))
