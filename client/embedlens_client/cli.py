@@ -1,5 +1,7 @@
 """Client-side commands: `embedlens query nearest|analogy|lookup|tokenize|contextual|info`.
 
+`main` is the `embedlens-client` script: query, plot and eval without the server package.
+
 Talks to a running server (--target HOST:PORT, default $EMBEDLENS_TARGET or localhost:50051).
 """
 
@@ -198,3 +200,21 @@ def run_query(args: argparse.Namespace) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`embedlens-client`: query, plot and eval against a running server, no server package."""
+    from .plots.cli import add_eval_parser, add_plot_parser, run_eval, run_plot
+
+    parser = argparse.ArgumentParser(prog="embedlens-client", description=main.__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_query_parser(sub)
+    add_plot_parser(sub)
+    add_eval_parser(sub)
+    args = parser.parse_args(argv)
+    run = {"query": run_query, "plot": run_plot, "eval": run_eval}[args.command]
+    return run(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
