@@ -130,7 +130,8 @@ def test_same_inputs_give_identical_bytes(client: Client, tmp_path: Path) -> Non
         b = save_figure(second.figure, tmp_path / f"b.{ext}").read_bytes()
         assert a == b, ext
     assert_svg(tmp_path / "a.svg")
-    assert b"<dc:date>" not in (tmp_path / "a.svg").read_bytes()
+    svg = (tmp_path / "a.svg").read_bytes()
+    assert b"<dc:date>" not in svg and b"Matplotlib v" not in svg  # no date, no version
 
 
 # ---- layers ---------------------------------------------------------------------------------
@@ -461,3 +462,24 @@ def test_neighbor_owner_is_the_nearest_query(client: Client) -> None:
         assert p.queries[g] == max(scores, key=lambda q: scores[q]), token
     assert len(set(itertools.chain.from_iterable(p.scores.values()))) >= len(p.tokens) - 2
     assert re.search(r"2 words and their 6 nearest neighbours", drawn(p.figure))
+
+
+def test_analogy_report_of_a_real_evaluation(client: Client, tmp_path: Path) -> None:
+    evaluation = pytest.importorskip("embedlens_client.eval")
+    lines = Path(gensim_utils.datapath("questions-words.txt")).read_text().splitlines()
+    keep: list[str] = []
+    for start in (i for i, line in enumerate(lines) if line.startswith(": ")):
+        keep += lines[start : start + 25]  # a header and 24 questions of every section
+    small = tmp_path / "questions-small.txt"
+    small.write_text("\n".join(keep) + "\n")
+    report = evaluation.evaluate_analogies(client, small)
+    md, png = write_analogy_report(
+        report, tmp_path / "analogies.md", source=str(small), model=report.model
+    )
+    text = md.read_text()
+    for s in report.sections:
+        if s.total:
+            assert f"| {s.name} | {s.correct} | {s.total} | {100 * s.accuracy:.1f} % |" in text
+    assert f"({report.correct} of {report.total})" in text
+    assert f"{report.skipped} skipped" in text
+    assert_png(png, min_side=200)

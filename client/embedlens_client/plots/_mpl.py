@@ -101,9 +101,11 @@ def save_figure(fig: Figure, out: str | Path, dpi: float | None = None) -> Path:
     path = check_out_path(out)
     path.parent.mkdir(parents=True, exist_ok=True)
     fmt = path.suffix.lower().lstrip(".")
-    # PNG carries only "Software"; SVG would carry a date. Both are dropped so the same
-    # inputs give the same bytes.
-    metadata: dict[str, Any] = {"Software": None} if fmt == "png" else {"Date": None}
+    # PNG would carry the matplotlib version, SVG the version and a date: dropped, so the same
+    # inputs give the same bytes, whichever matplotlib drew them.
+    metadata: dict[str, Any] = (
+        {"Software": None} if fmt == "png" else {"Date": None, "Creator": None}
+    )
     with style():
         fig.savefig(path, format=fmt, metadata=metadata, dpi=dpi or "figure")
     return path

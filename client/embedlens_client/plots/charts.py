@@ -32,8 +32,16 @@ def analogy_chart(
         acc = [100 * r.accuracy for r in rows]
         ax.barh(y, acc, color=BLUE, height=0.7)
         for yi, a, r in zip(y, acc, rows):
-            ax.text(a + 1, yi, f"{a:.1f} %  ({r.correct}/{r.total})", va="center", fontsize=8.5)
-        ax.axvline(100 * overall, color=ORANGE, ls="--", lw=1.5)
+            ax.text(
+                a + 1,
+                yi,
+                f"{a:.1f} %  ({r.correct}/{r.total})",
+                va="center",
+                fontsize=8.5,
+                zorder=4,
+                bbox={"facecolor": "white", "edgecolor": "none", "pad": 1.0},
+            )
+        ax.axvline(100 * overall, color=ORANGE, ls="--", lw=1.5, zorder=1)
         ax.text(
             100 * overall,
             len(rows) - 0.3,
