@@ -113,6 +113,19 @@ def place_labels(
             if cost == 0:
                 break
         dx, dy, ha, va = best_pos
+        if best_pos in _FAR:
+            # Far from its point: a thin leader line says which point the label names.
+            text.remove()
+            colour = lab.style.get("color", "#555555")
+            leader = {"arrowstyle": "-", "color": colour, "lw": 0.6, "shrinkA": 1, "shrinkB": 2}
+            text = ax.annotate(
+                lab.text,
+                (lab.x, lab.y),
+                xytext=(0, 0),
+                textcoords="offset points",
+                arrowprops=leader,
+                **lab.style,
+            )
         text.set_position((dx * reach, dy * reach))
         text.set_horizontalalignment(ha)
         text.set_verticalalignment(va)
