@@ -6,12 +6,15 @@ import json
 import socket
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
 import numpy as np
 
 from .errors import from_rpc_error
+from .pb.embedlens.v1 import admin_pb2 as admin_pb
+from .pb.embedlens.v1 import admin_pb2_grpc as admin_grpc
 from .pb.embedlens.v1 import embedlens_pb2 as pb
 from .pb.embedlens.v1 import embedlens_pb2_grpc as pb_grpc
 from .tensors import from_numpy, to_numpy
@@ -54,6 +57,19 @@ class Limits:
     max_request_bytes: int
     max_response_bytes: int
     max_concurrent_rpcs: int
+    max_terms: int = 0  # 0 from a server that predates the limit
+
+
+@dataclass(frozen=True)
+class ModelReload:
+    """What AdminService/Reload did to one model (reloaded False: the old version serves)."""
+
+    model: str
+    reloaded: bool
+    error: str
+    seconds: float
+    previous_content_hash: str
+    content_hash: str
 
 
 @dataclass(frozen=True)
@@ -148,6 +164,7 @@ def _limits(m: pb.Limits) -> Limits:
         m.max_request_bytes,
         m.max_response_bytes,
         m.max_concurrent_rpcs,
+        m.max_terms,
     )
 
 
@@ -207,14 +224,34 @@ def to_query(q: QueryLike) -> pb.Query:
     return pb.Query(vector=from_numpy(arr, np.float32))
 
 
+def tls_credentials(
+    ca: str | Path | None = None, cert: str | Path | None = None, key: str | Path | None = None
+) -> grpc.ChannelCredentials:
+    """TLS channel credentials from PEM files: `ca` to trust (default: the system's roots),
+    `cert` + `key` to present a client certificate (mutual TLS)."""
+    if (cert is None) != (key is None):
+        raise ValueError("a client certificate needs both tls_cert and tls_key")
+
+    def read(path: str | Path | None) -> bytes | None:
+        return Path(path).read_bytes() if path is not None else None
+
+    return grpc.ssl_channel_credentials(
+        root_certificates=read(ca), private_key=read(key), certificate_chain=read(cert)
+    )
+
+
 def _service_config(retries: int) -> str:
-    """gRPC service config: round_robin over every resolved address, UNAVAILABLE retried.
+    """gRPC service config: round_robin over every resolved address; UNAVAILABLE, CANCELLED retried.
 
     round_robin sends each call to the next READY connection, so calls spread over all the
     addresses a target resolves to (pick_first, gRPC's default, sends them all to one), and an
     address that stops answering is skipped. A call that fails with UNAVAILABLE (its server
-    went away, is draining, or a load balancer found no replica) is tried again, on another
-    address, after a randomized exponential backoff, within the call's deadline.
+    went away or is still loading, or a load balancer found no replica) is tried again, on
+    another address, after a randomized exponential backoff, within the call's deadline. So is
+    one that fails with CANCELLED: a grpcio server that is shutting down cancels the calls that
+    reach it after shutdown began (through a proxy's kept-alive connection, say) instead of
+    refusing them. Every embedlens call only reads, so a repeat is safe; a call the caller
+    cancels itself is never retried.
     """
     config: dict[str, Any] = {"loadBalancingConfig": [{"round_robin": {}}]}
     if retries > 0:
@@ -227,7 +264,7 @@ def _service_config(retries: int) -> str:
                     "initialBackoff": "0.05s",
                     "maxBackoff": "1s",
                     "backoffMultiplier": 2,
-                    "retryableStatusCodes": ["UNAVAILABLE"],
+                    "retryableStatusCodes": ["UNAVAILABLE", "CANCELLED"],
                 },
             }
         ]
@@ -249,7 +286,8 @@ def channel_target(target: str | Sequence[str]) -> str:
     if not addresses:
         raise ValueError("target must name at least one address")
     if len(addresses) == 1:
-        return channel_target(addresses[0])
+        _split_address(addresses[0])
+        return addresses[0]  # one name: left to gRPC's DNS resolver, which follows changes
     resolved: list[tuple[socket.AddressFamily, str, int]] = []
     for address in addresses:
         for item in _resolve(address):
@@ -264,9 +302,9 @@ def channel_target(target: str | Sequence[str]) -> str:
     )
 
 
-def _resolve(address: str) -> list[tuple[socket.AddressFamily, str, int]]:
-    """(family, ip, port) for "host:port" or "[v6]:port"; a name's IPv4 addresses if it has any."""
-    if not isinstance(address, str) or "://" in address:
+def _split_address(address: str) -> tuple[str, int]:
+    """("host", port) from "host:port" or "[v6]:port"; ValueError for anything else."""
+    if not isinstance(address, str) or "/" in address:
         raise ValueError(f"each address in a list must be 'host:port', got {address!r}")
     if address.startswith("["):
         host, sep, port_text = address[1:].partition("]:")
@@ -274,11 +312,17 @@ def _resolve(address: str) -> list[tuple[socket.AddressFamily, str, int]]:
         host, sep, port_text = address.rpartition(":")
     if not sep or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
         raise ValueError(f"each address in a list must be 'host:port', got {address!r}")
+    return host, int(port_text)
+
+
+def _resolve(address: str) -> list[tuple[socket.AddressFamily, str, int]]:
+    """(family, ip, port) for "host:port"; only a name's IPv4 addresses if it has any."""
+    host, port = _split_address(address)
     try:
-        infos = socket.getaddrinfo(host, int(port_text), type=socket.SOCK_STREAM)
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror as exc:
         raise ValueError(f"cannot resolve {host!r} (from {address!r}): {exc}") from None
-    found = [
+    found: list[tuple[socket.AddressFamily, str, int]] = [
         (family, str(sockaddr[0]), int(sockaddr[1]))
         for family, _, _, _, sockaddr in infos
         if family in (socket.AF_INET, socket.AF_INET6)
@@ -291,7 +335,8 @@ class Client:
     """A connection to an embedlens server.
 
     `target` is "host:port", a gRPC target such as "dns:///embedlens:50051", or a list of
-    "host:port" addresses (balanced round-robin). Calls retry UNAVAILABLE with backoff.
+    "host:port" addresses (balanced round-robin). Calls that fail with UNAVAILABLE or
+    CANCELLED are retried with backoff (`retries` times, at most 4).
     """
 
     def __init__(
@@ -302,6 +347,11 @@ class Client:
         model: str | None = None,
         credentials: grpc.ChannelCredentials | None = None,
         token: str | None = None,
+        tls: bool = False,
+        tls_ca: str | Path | None = None,
+        tls_cert: str | Path | None = None,
+        tls_key: str | Path | None = None,
+        admin_token: str | None = None,
         retries: int = 4,
         max_message_bytes: int = 256 * 1024 * 1024,
         options: Sequence[tuple[str, Any]] = (),
@@ -315,6 +365,9 @@ class Client:
         self.timeout = timeout
         self.model = model or ""
         self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        self._admin_metadata = (("authorization", f"Bearer {admin_token}"),) if admin_token else ()
+        if credentials is None and (tls or tls_ca or tls_cert or tls_key):
+            credentials = tls_credentials(tls_ca, tls_cert, tls_key)
         opts = [
             ("grpc.service_config", _service_config(retries)),
             ("grpc.enable_retries", 1),
@@ -327,6 +380,7 @@ class Client:
         else:
             self._channel = grpc.insecure_channel(resolved, options=opts)
         self._stub = pb_grpc.EmbeddingServiceStub(self._channel)
+        self._admin = admin_grpc.AdminServiceStub(self._channel)
 
     # ---- plumbing -------------------------------------------------------------------------
 
@@ -371,6 +425,25 @@ class Client:
         )
 
     # ---- the API --------------------------------------------------------------------------
+
+    def reload(
+        self, models: Sequence[str] = (), *, timeout: float | None = None
+    ) -> list[ModelReload]:
+        """AdminService/Reload (needs `admin_token=`): rebuild models from their files."""
+        try:
+            r = self._admin.Reload(
+                admin_pb.ReloadRequest(models=list(models)),
+                timeout=timeout or max(self.timeout, 600.0),
+                metadata=self._admin_metadata,
+            )
+        except grpc.RpcError as err:
+            raise from_rpc_error(err, "Reload") from None
+        return [
+            ModelReload(
+                m.model, m.reloaded, m.error, m.seconds, m.previous_content_hash, m.content_hash
+            )
+            for m in r.results
+        ]
 
     def models(self) -> list[ModelInfo]:
         r = self._call("ListModels", pb.ListModelsRequest())
