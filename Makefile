@@ -7,7 +7,7 @@ SERVER_STAMP := $(VENV)/.server-installed
 DEV_STAMP := $(VENV)/.dev-installed
 PYTEST_ARGS ?=
 
-.PHONY: install install-dev serve test lint typecheck protos check-protos clean
+.PHONY: install install-dev system-deps serve test lint typecheck protos check-protos clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,12 +33,16 @@ install-dev: $(DEV_STAMP) node_modules/.bin/buf
 serve: $(SERVER_STAMP)
 	$(BIN)/embedlens serve
 
-test: install-dev
+# nginx and Prometheus (from apt) are real peers in the deployment tests.
+system-deps:
+	bash scripts/install_system_deps.sh
+
+test: install-dev system-deps
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 lint: $(DEV_STAMP)
-	$(BIN)/ruff check server client/embedlens_client tests scripts bench
-	$(BIN)/ruff format --check server client/embedlens_client tests scripts bench
+	$(BIN)/ruff check server client/embedlens_client tests scripts bench docker
+	$(BIN)/ruff format --check server client/embedlens_client tests scripts bench docker
 
 typecheck: $(DEV_STAMP)
 	$(BIN)/mypy
