@@ -7,9 +7,11 @@ from .client import (
     Limits,
     LookupResult,
     ModelInfo,
+    ModelReload,
     Neighbor,
     Token,
     TransformerInfo,
+    tls_credentials,
 )
 from .errors import (
     ClientError,
@@ -36,6 +38,7 @@ __all__ = [
     "Limits",
     "LookupResult",
     "ModelInfo",
+    "ModelReload",
     "Neighbor",
     "NotFoundError",
     "ResourceExhaustedError",
@@ -44,4 +47,5 @@ __all__ = [
     "UnauthenticatedError",
     "UnavailableError",
     "UnimplementedError",
+    "tls_credentials",
 ]

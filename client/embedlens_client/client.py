@@ -6,12 +6,15 @@ import json
 import socket
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
 import numpy as np
 
 from .errors import from_rpc_error
+from .pb.embedlens.v1 import admin_pb2 as admin_pb
+from .pb.embedlens.v1 import admin_pb2_grpc as admin_grpc
 from .pb.embedlens.v1 import embedlens_pb2 as pb
 from .pb.embedlens.v1 import embedlens_pb2_grpc as pb_grpc
 from .tensors import from_numpy, to_numpy
@@ -54,6 +57,19 @@ class Limits:
     max_request_bytes: int
     max_response_bytes: int
     max_concurrent_rpcs: int
+    max_terms: int = 0  # 0 from a server that predates the limit
+
+
+@dataclass(frozen=True)
+class ModelReload:
+    """What AdminService/Reload did to one model (reloaded False: the old version serves)."""
+
+    model: str
+    reloaded: bool
+    error: str
+    seconds: float
+    previous_content_hash: str
+    content_hash: str
 
 
 @dataclass(frozen=True)
@@ -148,6 +164,7 @@ def _limits(m: pb.Limits) -> Limits:
         m.max_request_bytes,
         m.max_response_bytes,
         m.max_concurrent_rpcs,
+        m.max_terms,
     )
 
 
@@ -205,6 +222,22 @@ def to_query(q: QueryLike) -> pb.Query:
             f"a query is a token (str), an id (int) or a vector, got {type(q).__name__}"
         )
     return pb.Query(vector=from_numpy(arr, np.float32))
+
+
+def tls_credentials(
+    ca: str | Path | None = None, cert: str | Path | None = None, key: str | Path | None = None
+) -> grpc.ChannelCredentials:
+    """TLS channel credentials from PEM files: `ca` to trust (default: the system's roots),
+    `cert` + `key` to present a client certificate (mutual TLS)."""
+    if (cert is None) != (key is None):
+        raise ValueError("a client certificate needs both tls_cert and tls_key")
+
+    def read(path: str | Path | None) -> bytes | None:
+        return Path(path).read_bytes() if path is not None else None
+
+    return grpc.ssl_channel_credentials(
+        root_certificates=read(ca), private_key=read(key), certificate_chain=read(cert)
+    )
 
 
 def _service_config(retries: int) -> str:
@@ -314,6 +347,11 @@ class Client:
         model: str | None = None,
         credentials: grpc.ChannelCredentials | None = None,
         token: str | None = None,
+        tls: bool = False,
+        tls_ca: str | Path | None = None,
+        tls_cert: str | Path | None = None,
+        tls_key: str | Path | None = None,
+        admin_token: str | None = None,
         retries: int = 4,
         max_message_bytes: int = 256 * 1024 * 1024,
         options: Sequence[tuple[str, Any]] = (),
@@ -327,6 +365,9 @@ class Client:
         self.timeout = timeout
         self.model = model or ""
         self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        self._admin_metadata = (("authorization", f"Bearer {admin_token}"),) if admin_token else ()
+        if credentials is None and (tls or tls_ca or tls_cert or tls_key):
+            credentials = tls_credentials(tls_ca, tls_cert, tls_key)
         opts = [
             ("grpc.service_config", _service_config(retries)),
             ("grpc.enable_retries", 1),
@@ -339,6 +380,7 @@ class Client:
         else:
             self._channel = grpc.insecure_channel(resolved, options=opts)
         self._stub = pb_grpc.EmbeddingServiceStub(self._channel)
+        self._admin = admin_grpc.AdminServiceStub(self._channel)
 
     # ---- plumbing -------------------------------------------------------------------------
 
@@ -383,6 +425,25 @@ class Client:
         )
 
     # ---- the API --------------------------------------------------------------------------
+
+    def reload(
+        self, models: Sequence[str] = (), *, timeout: float | None = None
+    ) -> list[ModelReload]:
+        """AdminService/Reload (needs `admin_token=`): rebuild models from their files."""
+        try:
+            r = self._admin.Reload(
+                admin_pb.ReloadRequest(models=list(models)),
+                timeout=timeout or max(self.timeout, 600.0),
+                metadata=self._admin_metadata,
+            )
+        except grpc.RpcError as err:
+            raise from_rpc_error(err, "Reload") from None
+        return [
+            ModelReload(
+                m.model, m.reloaded, m.error, m.seconds, m.previous_content_hash, m.content_hash
+            )
+            for m in r.results
+        ]
 
     def models(self) -> list[ModelInfo]:
         r = self._call("ListModels", pb.ListModelsRequest())

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .cancellation import checkpoint
 from .config import Limits
 from .errors import FailedPrecondition, InvalidArgument, ResourceExhausted, quote_list
 from .index import COSINE, unit_rows
@@ -141,6 +142,7 @@ def contextual_embed(
     values: list[dict[str, np.ndarray]] = [{} for _ in texts]
     pooled: list[np.ndarray | None] = [None] * len(texts)
     for chunk in _passes([len(s) for s in spans]):
+        checkpoint()  # stop between passes if the caller has gone away
         T = max(len(spans[i]) for i in chunk)
         ids = np.zeros((len(chunk), T), dtype=np.int64)  # (batch, pos), right-padded
         mask = np.zeros((len(chunk), T), dtype=np.int64)  # (batch, pos)

@@ -55,6 +55,16 @@ class Unauthenticated(EmbedlensError):
     status = "UNAUTHENTICATED"
 
 
+class Cancelled(EmbedlensError):
+    """The caller is gone (cancelled, or its deadline passed): the work for it stopped.
+
+    The interceptor sends DEADLINE_EXCEEDED when the call's deadline has passed, else CANCELLED;
+    the client has usually seen its own status already, so this is mostly for metrics and logs.
+    """
+
+    status = "CANCELLED"
+
+
 # The one exception -> status table. Anything not listed here is a bug: INTERNAL, logged.
 STATUS_BY_EXCEPTION: dict[type[EmbedlensError], str] = {
     cls: cls.status
@@ -66,6 +76,7 @@ STATUS_BY_EXCEPTION: dict[type[EmbedlensError], str] = {
         FailedPrecondition,
         Unimplemented,
         Unauthenticated,
+        Cancelled,
     )
 }
 
@@ -78,7 +89,17 @@ def status_name(exc: BaseException) -> str:
     return "INTERNAL"
 
 
-def quote_list(items: list[str], limit: int = 5) -> str:
-    """'a', 'b' and 3 more: for naming offending items in messages without huge output."""
-    shown = ", ".join(repr(i) for i in items[:limit])
+def quote_list(items: list[str], limit: int = 5, width: int = 60) -> str:
+    """'a', 'b' and 3 more: for naming offending items in messages without huge output.
+
+    Each item is cut to `width` characters: a client that sends a 10 MB "token" gets a
+    readable message, not its token back.
+    """
+    shown = ", ".join(_short_repr(i, width) for i in items[:limit])
     return shown if len(items) <= limit else f"{shown} and {len(items) - limit} more"
+
+
+def _short_repr(item: str, width: int) -> str:
+    if len(item) <= width:
+        return repr(item)
+    return f"{item[:width]!r}... ({len(item)} characters)"

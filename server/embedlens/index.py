@@ -27,6 +27,7 @@ import faiss
 import numpy as np
 from tqdm import tqdm
 
+from .cancellation import checkpoint
 from .errors import InvalidArgument
 
 log = logging.getLogger(__name__)
@@ -35,6 +36,8 @@ COSINE = "cosine"
 DOT = "dot"
 METRICS = (COSINE, DOT)
 _BUILD_CHUNK = 4096
+# Queries per search call: between chunks, work for a caller that has gone away stops.
+_SEARCH_CHUNK = 512
 
 
 def as_queries(x: np.ndarray, d: int) -> np.ndarray:
@@ -218,6 +221,22 @@ class VectorIndex:
         if metric not in METRICS:
             raise InvalidArgument(f"metric must be one of {METRICS}, got {metric!r}")
         q = as_queries(queries, self.d)
+        if len(q) > _SEARCH_CHUNK:
+            parts = [
+                self.search(
+                    q[i : i + _SEARCH_CHUNK],
+                    k,
+                    metric=metric,
+                    exact=exact,
+                    whole_words_only=whole_words_only,
+                    restrict_vocab=restrict_vocab,
+                    exclude=exclude[i : i + _SEARCH_CHUNK] if exclude else None,
+                    ef_search=ef_search,
+                )
+                for i in range(0, len(q), _SEARCH_CHUNK)
+            ]
+            return np.concatenate([s for s, _ in parts]), np.concatenate([i for _, i in parts])
+        checkpoint()
         extra = max((len(e) for e in exclude), default=0) if exclude else 0
         kk = k + extra
         if exact:

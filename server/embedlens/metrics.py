@@ -91,6 +91,31 @@ class Metrics:
         self.models_ready = Gauge(
             "embedlens_models_ready", "1 when every configured model is loaded.", registry=r
         )
+        self.abandoned = Counter(
+            "embedlens_abandoned_calls_total",
+            "Calls whose work stopped because the client cancelled or its deadline passed; "
+            "stage is queued (dropped before work began) or running (stopped at a checkpoint).",
+            ("grpc_method", "stage"),
+            registry=r,
+        )
+        self.reloads = Counter(
+            "embedlens_reloads_total",
+            "Model reloads (SIGHUP or AdminService/Reload), by result (ok or error).",
+            ("model", "result"),
+            registry=r,
+        )
+        self.reload_ok = Gauge(
+            "embedlens_model_reload_ok",
+            "1 if the model's last reload succeeded, 0 if it failed (the old version serves).",
+            ("model",),
+            registry=r,
+        )
+        self.model_loaded_at = Gauge(
+            "embedlens_model_loaded_timestamp_seconds",
+            "Unix time at which the version of each model now serving was swapped in.",
+            ("model",),
+            registry=r,
+        )
         self._http: object | None = None
         self._lock = threading.Lock()
 

@@ -5,7 +5,7 @@ Proto <-> numpy conversion lives in the `decode_*` / `encode_*` functions at the
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import grpc
 import numpy as np
@@ -15,7 +15,7 @@ from embedlens_client.pb.embedlens.v1 import embedlens_pb2_grpc as pb_grpc
 from embedlens_client.tensors import from_numpy, to_numpy
 
 from . import __version__
-from .config import Limits
+from .config import CHARS_PER_TOKEN, Limits
 from .contextual import ContextualOptions, ContextualText, contextual_embed
 from .errors import InvalidArgument, NotFound, ResourceExhausted, quote_list
 from .index import COSINE, DOT
@@ -113,6 +113,24 @@ def check_batch(n: int, limits: Limits, what: str) -> None:
         )
 
 
+def check_text(text: str, limits: Limits, what: str) -> None:
+    """Refuse a text too long to be max_tokens tokens before tokenizing it (no work done)."""
+    if len(text) > limits.max_text_chars:
+        raise ResourceExhausted(
+            f"{what} has {len(text)} characters, over this server's limit of "
+            f"{limits.max_text_chars} (max_tokens={limits.max_tokens} x {CHARS_PER_TOKEN})"
+        )
+
+
+def check_terms(queries: Sequence[pb.AnalogyQuery], limits: Limits) -> None:
+    for i, q in enumerate(queries):
+        n = len(q.positive) + len(q.negative)
+        if n > limits.max_terms:
+            raise ResourceExhausted(
+                f"analogy {i} has {n} terms, over this server's limit max_terms={limits.max_terms}"
+            )
+
+
 def decode_contextual(r: pb.ContextualEmbedRequest) -> ContextualOptions:
     if r.pooling not in _POOLINGS:
         raise InvalidArgument(
@@ -201,6 +219,7 @@ def encode_limits(limits: Limits) -> pb.Limits:
         max_request_bytes=limits.max_request_bytes,
         max_response_bytes=limits.max_response_bytes,
         max_concurrent_rpcs=limits.max_concurrent_rpcs,
+        max_terms=limits.max_terms,
     )
 
 
@@ -263,6 +282,7 @@ class EmbeddingService(pb_grpc.EmbeddingServiceServicer):
         self, request: pb.TokenizeRequest, context: grpc.ServicerContext
     ) -> pb.TokenizeResponse:
         space = self.registry.get(request.model)
+        check_text(request.text, self.limits, "text")
         spans = space.tokenize(request.text, add_special_tokens=not request.skip_special_tokens)
         return pb.TokenizeResponse(model=space.name, tokens=encode_tokens(spans))
 
@@ -280,7 +300,13 @@ class EmbeddingService(pb_grpc.EmbeddingServiceServicer):
             elif kind == "token":
                 found = space.find_token(q.token)
                 if found is None and request.compose_subwords:
+                    check_text(q.token, self.limits, f"item {i}")
                     vectors[i], pieces = space.compose(q.token)
+                    if len(pieces) > self.limits.max_tokens:
+                        raise ResourceExhausted(
+                            f"item {i} has {len(pieces)} pieces, over this server's limit "
+                            f"max_tokens={self.limits.max_tokens}"
+                        )
                     items.append(
                         pb.LookupItem(
                             token=q.token, id=-1, composed=True, pieces=encode_tokens(pieces)
@@ -321,6 +347,7 @@ class EmbeddingService(pb_grpc.EmbeddingServiceServicer):
     ) -> pb.AnalogyResponse:
         space = self.registry.get(request.model)
         check_batch(len(request.queries), self.limits, "queries")
+        check_terms(request.queries, self.limits)
         self.metrics.batch_size.labels("Analogy").observe(len(request.queries))
         opts = decode_options(request.options, self.limits)
         method = _METHODS.get(request.method)
@@ -347,6 +374,8 @@ class EmbeddingService(pb_grpc.EmbeddingServiceServicer):
     ) -> pb.ContextualEmbedResponse:
         space = self.registry.get(request.model)
         opts = decode_contextual(request)
+        for i, text in enumerate(request.texts[: self.limits.max_texts]):
+            check_text(text, self.limits, f"text {i}")
         results = contextual_embed(space, list(request.texts), opts, self.limits)
         self.metrics.batch_size.labels("ContextualEmbed").observe(len(results))
         return pb.ContextualEmbedResponse(

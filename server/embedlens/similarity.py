@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .cancellation import checkpoint
 from .errors import InvalidArgument
 from .index import COSINE
 from .spaces import EmbeddingSpace
@@ -158,6 +159,7 @@ def _cosmul_exact(
     out_i = np.full((len(queries), k), -1, dtype=np.int64)
     pos_of = {int(r): j for j, r in enumerate(rows)}
     for start in range(0, len(queries), _COSMUL_CHUNK):
+        checkpoint()  # stop here if the caller has gone away
         chunk = queries[start : start + _COSMUL_CHUNK]
         terms = [_terms(q) for q in chunk]
         cos = xb @ np.concatenate(terms).T  # (n_rows, total terms of the chunk)
@@ -204,6 +206,8 @@ def _cosmul_reranked(
     out_s = np.full((len(queries), opts.k), -np.inf, dtype=np.float32)
     out_i = np.full((len(queries), opts.k), -1, dtype=np.int64)
     for j, q in enumerate(queries):
+        if j % _COSMUL_CHUNK == 0:
+            checkpoint()
         ids = cand[j][cand[j] >= 0]
         if len(ids) == 0:
             continue

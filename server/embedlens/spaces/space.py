@@ -42,12 +42,18 @@ class EmbeddingSpace:
     transformer: Any | None = None
     load_seconds: float = 0.0
     token_to_id: dict[str, int] = field(default_factory=dict)
+    # Longer texts cannot normalise to a vocabulary token; set from the vocabulary.
+    max_token_chars: int = 0
 
     def __post_init__(self) -> None:
         if not self.token_to_id:
             # The first occurrence wins, as in gensim.
             for i, tok in enumerate(self.vocab):
                 self.token_to_id.setdefault(tok, i)
+        if not self.max_token_chars:
+            longest = max((len(t) for t in self.token_to_id), default=0)
+            # normalising can only drop characters (accents, controls): allow plenty of them
+            self.max_token_chars = 4 * longest + 64
 
     @property
     def d_model(self) -> int:
@@ -68,14 +74,16 @@ class EmbeddingSpace:
     def find_token(self, text: str) -> int | None:
         """The id of a vocabulary token: the exact text first, then its normalised form."""
         i = self.token_to_id.get(text)
-        if i is None:
+        if i is None and len(text) <= self.max_token_chars:  # never normalise megabytes
             i = self.token_to_id.get(self.normalize(text))
         return i
 
     def token_id(self, text: str) -> int:
         i = self.find_token(text)
         if i is None:
-            raise NotFound(f"token {text!r} is not in the vocabulary of model {self.name!r}")
+            raise NotFound(
+                f"token {quote_list([text])} is not in the vocabulary of model {self.name!r}"
+            )
         return i
 
     def token_ids(self, texts: list[str]) -> list[int]:
@@ -114,15 +122,16 @@ class EmbeddingSpace:
         """The mean of the rows of E for the tokenizer's pieces of `text`."""
         if self.tokenizer is None:
             raise FailedPrecondition(
-                f"model {self.name!r} has no subword tokenizer, so {text!r} cannot be composed"
+                f"model {self.name!r} has no subword tokenizer, so {quote_list([text])} "
+                "cannot be composed"
             )
         pieces = [p for p in self.tokenize(text, add_special_tokens=False) if not p.special]
         if not pieces:
-            raise InvalidArgument(f"{text!r} has no tokens to compose")
+            raise InvalidArgument(f"{quote_list([text])} has no tokens to compose")
         unknown = [p.text for p in pieces if p.id in self.special_ids]
         if unknown:
             raise NotFound(
-                f"{text!r} has pieces that model {self.name!r} cannot represent "
+                f"{quote_list([text])} has pieces that model {self.name!r} cannot represent "
                 f"(they map to special tokens): {quote_list(unknown)}"
             )
         vec = self.matrix[[p.id for p in pieces]].mean(axis=0, dtype=np.float32)

@@ -285,6 +285,7 @@ class Limits(_message.Message):
     MAX_REQUEST_BYTES_FIELD_NUMBER: _builtins.int
     MAX_RESPONSE_BYTES_FIELD_NUMBER: _builtins.int
     MAX_CONCURRENT_RPCS_FIELD_NUMBER: _builtins.int
+    MAX_TERMS_FIELD_NUMBER: _builtins.int
     max_k: _builtins.int
     max_batch: _builtins.int
     max_tokens: _builtins.int
@@ -292,6 +293,8 @@ class Limits(_message.Message):
     max_request_bytes: _builtins.int
     max_response_bytes: _builtins.int
     max_concurrent_rpcs: _builtins.int
+    max_terms: _builtins.int
+    """Most positive + negative terms in one analogy."""
     def __init__(
         self,
         *,
@@ -302,10 +305,11 @@ class Limits(_message.Message):
         max_request_bytes: _builtins.int = ...,
         max_response_bytes: _builtins.int = ...,
         max_concurrent_rpcs: _builtins.int = ...,
+        max_terms: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_batch", b"max_batch", "max_concurrent_rpcs", b"max_concurrent_rpcs", "max_k", b"max_k", "max_request_bytes", b"max_request_bytes", "max_response_bytes", b"max_response_bytes", "max_texts", b"max_texts", "max_tokens", b"max_tokens"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_batch", b"max_batch", "max_concurrent_rpcs", b"max_concurrent_rpcs", "max_k", b"max_k", "max_request_bytes", b"max_request_bytes", "max_response_bytes", b"max_response_bytes", "max_terms", b"max_terms", "max_texts", b"max_texts", "max_tokens", b"max_tokens"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
