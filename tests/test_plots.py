@@ -483,3 +483,27 @@ def test_analogy_report_of_a_real_evaluation(client: Client, tmp_path: Path) -> 
     assert f"({report.correct} of {report.total})" in text
     assert f"{report.skipped} skipped" in text
     assert_png(png, min_side=200)
+
+
+def test_eval_analogies_report_command(
+    target: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("embedlens_client.eval")
+    lines = Path(gensim_utils.datapath("questions-words.txt")).read_text().splitlines()
+    small = tmp_path / "q.txt"
+    family = lines.index(": family")
+    small.write_text("\n".join(lines[:30] + lines[family : family + 30]) + "\n")  # 2 sections
+    report = tmp_path / "out" / "analogies.md"
+    argv = ["eval", "analogies", str(small), "--target", target, "--report", str(report)]
+    assert embedlens_main(argv) == 0
+    printed = capsys.readouterr().out
+    total = re.search(r"Total accuracy\s+(\d+)\s+(\d+)", printed)
+    assert total is not None
+    text = report.read_text()
+    assert f"({total.group(1)} of {total.group(2)})" in text
+    assert "![accuracy per section](analogies.png)" in text
+    assert_png(tmp_path / "out" / "analogies.png", min_side=150)
+    # `eval pairs` sits beside `eval analogies` in the server's command too
+    path = gensim_utils.datapath("wordsim353.tsv")
+    assert embedlens_main(["eval", "pairs", path, "--target", target, "--json"]) == 0
+    assert '"spearman"' in capsys.readouterr().out
