@@ -11,6 +11,7 @@ from embedlens_client.cli import add_query_parser, run_query
 from embedlens_client.plots.cli import add_plot_parser, run_plot
 
 from . import __version__
+from .train.cli import add_corpus_parser, add_train_parser, run_corpus, run_train
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,6 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_serve_arguments(serve)
     add_query_parser(sub)
     add_plot_parser(sub)
+    add_train_parser(sub)
+    add_corpus_parser(sub)
     return parser
 
 
@@ -48,6 +51,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_query(args)
     if args.command == "plot":
         return run_plot(args)
+    if args.command == "train":
+        return run_train(args)
+    if args.command == "corpus":
+        return run_corpus(args)
     return 2
 
 

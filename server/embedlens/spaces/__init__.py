@@ -54,7 +54,11 @@ def load_space(spec: ModelSpec, config: ServerConfig) -> EmbeddingSpace:
     """Load one model: E, its tokenizer, and its search indexes (built or from the cache)."""
     t0 = time.perf_counter()
     path = resolve_source(spec.source)
-    if path.is_dir() and (path / "tokenizer.json").exists() and (path / "config.json").exists():
+    if path.is_dir() and any((path / f).exists() for f in ("embedlens.json", "transformer.json")):
+        from .checkpoint import load_checkpoint_dir  # a folder `embedlens train` wrote
+
+        space = load_checkpoint_dir(spec, path, config)
+    elif path.is_dir() and (path / "tokenizer.json").exists() and (path / "config.json").exists():
         space = _load_bert_dir(spec, path, config)
     elif path.is_dir():
         raise ValueError(f"{path} is not a model directory (no config.json + tokenizer.json)")
