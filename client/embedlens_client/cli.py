@@ -191,7 +191,8 @@ def run_query(args: argparse.Namespace) -> int:
                 )
                 _print_contextual(res, args.token, args.occurrence, args.json)
             elif cmd == "info":
-                for m in c.models():
+                # --model names one model; without it, every served model is listed.
+                for m in [c.info(args.model)] if args.model else c.models():
                     print(json.dumps(m.__dict__, default=lambda o: o.__dict__, indent=2))
     except ClientError as err:
         print(f"error: {err}", file=sys.stderr)
