@@ -507,3 +507,6 @@ def test_eval_analogies_report_command(
     path = gensim_utils.datapath("wordsim353.tsv")
     assert embedlens_main(["eval", "pairs", path, "--target", target, "--json"]) == 0
     assert '"spearman"' in capsys.readouterr().out
+    # and the client-only script has both
+    assert client_main(["eval", "analogies", str(small), "--target", target, "--json"]) == 0
+    assert f'"correct": {total.group(1)}' in capsys.readouterr().out

@@ -201,10 +201,16 @@ def add_report_argument(p: argparse.ArgumentParser) -> None:
 
 
 def add_eval_parser(sub: argparse._SubParsersAction) -> argparse._SubParsersAction:
-    """Register `eval` with `pairs` (and `analogies` where the client has it); its subparsers."""
+    """Register `eval` with `pairs`, and `analogies` where the client has it; its subparsers."""
     ev = sub.add_parser("eval", help="evaluate the served embeddings on word-pair and analogy sets")
     es = ev.add_subparsers(dest="eval_command", required=True)
     add_pairs_parser(es)
+    try:
+        from ..eval import add_analogies_parser
+    except ImportError:  # a client without the analogy evaluation: pairs only
+        pass
+    else:
+        add_analogies_parser(es)
     return es
 
 
@@ -212,6 +218,10 @@ def run_eval(args: argparse.Namespace) -> int:
     """Run `embedlens eval ...` for the subcommands registered by add_eval_parser."""
     if args.eval_command == "pairs":
         return run_eval_pairs(args)
+    if args.eval_command == "analogies":
+        from ..eval import run_eval_analogies
+
+        return run_eval_analogies(args)
     raise ValueError(f"unknown eval command {args.eval_command!r}")
 
 
