@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from embedlens_client.cli import add_query_parser, run_query
+from embedlens_client.eval import add_eval_parser, run_eval
 from embedlens_client.plots.cli import add_plot_parser, run_plot
 
 from . import __version__
@@ -25,6 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_serve_arguments(serve)
     add_query_parser(sub)
+    add_eval_parser(sub)
     add_plot_parser(sub)
     add_train_parser(sub)
     add_corpus_parser(sub)
@@ -49,6 +51,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return serve(config)
     if args.command == "query":
         return run_query(args)
+    if args.command == "eval":
+        return run_eval(args)
     if args.command == "plot":
         return run_plot(args)
     if args.command == "train":

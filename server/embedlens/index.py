@@ -20,8 +20,11 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import faiss
 import numpy as np
@@ -36,6 +39,8 @@ COSINE = "cosine"
 DOT = "dot"
 METRICS = (COSINE, DOT)
 _BUILD_CHUNK = 4096
+_BLAS_MIN_QUERIES = 20  # exact searches of this many queries or more use one matrix product
+_HNSW_PARALLEL_MIN = 8  # HNSW searches of this many queries or more use every core
 # Queries per search call: between chunks, work for a caller that has gone away stops.
 _SEARCH_CHUNK = 512
 
@@ -97,6 +102,7 @@ class VectorIndex:
         self._word_local = np.flatnonzero(whole_words[self.rows])
         self._exact: dict[tuple[str, bool], np.ndarray] = {}
         self._hnsw: dict[str, faiss.Index] = {}
+        self._plain_params: dict[int, Any] = {}  # SearchParametersHNSW without a selector
         self._lock = threading.Lock()
         self.content_hash = hashlib.sha256(
             np.ascontiguousarray(matrix[self.rows], dtype=np.float32).tobytes()
@@ -107,6 +113,10 @@ class VectorIndex:
             f"efSearch={self.params.ef_search}"
         )
         self.exact_description = "brute force inner product (faiss.knn, BLAS)"
+        # FAISS 1.15's default threshold (128000) keeps request-sized batches off its BLAS
+        # (matrix-matrix) path, so each query costs its own pass over E: measured 7 ms per
+        # query for 32 queries, 1.2 ms with the threshold at 20 (docs/performance.md).
+        faiss.cvar.distance_compute_blas_threshold = _BLAS_MIN_QUERIES
 
     @property
     def size(self) -> int:
@@ -128,6 +138,21 @@ class VectorIndex:
             m = np.ascontiguousarray(src[rows], dtype=np.float32)
             self._exact[key] = m
         return m
+
+    def build_in_background(self, metric: str) -> threading.Thread:
+        """Build (or load) another metric's HNSW index without blocking requests.
+
+        Until it is ready, approximate searches with that metric are answered exactly:
+        slower, never wrong, and no request waits for a build.
+        """
+        t = threading.Thread(
+            target=self._hnsw_index, args=(metric,), name=f"hnsw-{metric}", daemon=True
+        )
+        t.start()
+        return t
+
+    def approximate_ready(self, metric: str) -> bool:
+        return metric in self._hnsw
 
     def _hnsw_index(self, metric: str) -> faiss.Index:
         index = self._hnsw.get(metric)
@@ -239,12 +264,14 @@ class VectorIndex:
         checkpoint()
         extra = max((len(e) for e in exclude), default=0) if exclude else 0
         kk = k + extra
-        if exact:
-            scores, ids = self._search_exact(q, kk, metric, whole_words_only, restrict_vocab)
-        else:
-            scores, ids = self._search_hnsw(
-                q, kk, metric, whole_words_only, restrict_vocab, ef_search
-            )
+        use_exact = exact or (metric != COSINE and not self.approximate_ready(metric))
+        with _threads(q, use_exact):
+            if use_exact:
+                scores, ids = self._search_exact(q, kk, metric, whole_words_only, restrict_vocab)
+            else:
+                scores, ids = self._search_hnsw(
+                    q, kk, metric, whole_words_only, restrict_vocab, ef_search
+                )
         return _drop_excluded(scores, ids, exclude, k) if exclude else (scores[:, :k], ids[:, :k])
 
     def exact_view(
@@ -280,10 +307,15 @@ class VectorIndex:
         index = self._hnsw_index(metric)
         kk = min(k, self.size)
         ef = max(ef_search or self.params.ef_search, kk)
-        params = faiss.SearchParametersHNSW()  # type: ignore[attr-defined]
-        params.efSearch = ef
         bitmap = None
-        if words_only or restrict_vocab:
+        params = self._plain_params.get(ef)
+        if params is None or words_only or restrict_vocab:
+            params = faiss.SearchParametersHNSW()  # type: ignore[attr-defined]
+            params.efSearch = ef
+        if not (words_only or restrict_vocab):
+            # No selector: searches only read it, so one object per efSearch serves all threads.
+            self._plain_params.setdefault(ef, params)
+        else:
             allowed = np.zeros(self.size, dtype=bool)
             allowed[self._word_local if words_only else slice(None)] = True
             if restrict_vocab:
@@ -295,6 +327,25 @@ class VectorIndex:
         ids = np.where(local >= 0, self.rows[np.maximum(local, 0)], -1)
         scores = np.where(local >= 0, scores, -np.inf).astype(np.float32)
         return _pad(scores, ids, k)
+
+
+@contextmanager
+def _threads(q: np.ndarray, exact: bool) -> Iterator[None]:
+    """FAISS's OpenMP threads for one search, set in the calling thread only.
+
+    Measured on 2 cores (docs/performance.md): exact search (BLAS) is faster with one thread at
+    every batch size, e.g. 32 queries 0.8 ms each against 1.8 ms with two; an OpenMP fork/join
+    costs more than the second core gives back, and concurrent requests use that core anyway.
+    HNSW parallelises over queries, so batches of 8 or more use every core (32 queries: 0.24
+    against 0.49 ms each); smaller ones run on one. libgomp keeps the thread count per OS
+    thread, so index builds and other requests are not affected.
+    """
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1 if exact or len(q) < _HNSW_PARALLEL_MIN else before)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(before)
 
 
 def _empty(n: int, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -313,9 +364,23 @@ def _pad(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.nd
 def _drop_excluded(
     scores: np.ndarray, ids: np.ndarray, exclude: list[set[int]], k: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    out_s, out_i = _empty(len(ids), k)
-    for r, banned in enumerate(exclude):
-        keep = [j for j, i in enumerate(ids[r]) if i >= 0 and int(i) not in banned][:k]
-        out_s[r, : len(keep)] = scores[r, keep]
-        out_i[r, : len(keep)] = ids[r, keep]
-    return out_s, out_i
+    """The first k answers of each row that are not in its `exclude` set."""
+    n = len(ids)
+    if n <= 4:  # a request or two: a loop beats the vectorised form's fixed costs
+        out_s, out_i = _empty(n, k)
+        for r, banned in enumerate(exclude):
+            keep = [j for j, i in enumerate(ids[r].tolist()) if i >= 0 and i not in banned][:k]
+            out_s[r, : len(keep)] = scores[r, keep]
+            out_i[r, : len(keep)] = ids[r, keep]
+        return out_s, out_i
+    m = max(1, max((len(e) for e in exclude), default=0))
+    banned_ids = np.full((n, m), -2, dtype=np.int64)
+    for r, e in enumerate(exclude):
+        if e:
+            banned_ids[r, : len(e)] = list(e)
+    keep = (ids >= 0) & ~(ids[:, :, None] == banned_ids[:, None, :]).any(axis=2)
+    order = np.argsort(~keep, axis=1, kind="stable")[:, :k]  # kept answers first, in rank order
+    kept = np.take_along_axis(keep, order, axis=1)
+    out_i = np.where(kept, np.take_along_axis(ids, order, axis=1), -1)
+    out_s = np.where(kept, np.take_along_axis(scores, order, axis=1), -np.inf)
+    return _pad(out_s.astype(np.float32), out_i.astype(np.int64), k)

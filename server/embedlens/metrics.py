@@ -8,7 +8,15 @@ from __future__ import annotations
 
 import threading
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, start_http_server
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    ProcessCollector,
+    start_http_server,
+)
 
 LATENCY_BUCKETS = (
     0.0005,
@@ -27,6 +35,21 @@ LATENCY_BUCKETS = (
     10.0,
     30.0,
 )
+QUEUE_BUCKETS = (
+    0.00005,
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    1.0,
+)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
 _RPC_LABELS = ("grpc_type", "grpc_service", "grpc_method")
 
@@ -34,6 +57,8 @@ _RPC_LABELS = ("grpc_type", "grpc_service", "grpc_method")
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        # process_resident_memory_bytes, CPU seconds, open fds: the dashboard's memory panel
+        ProcessCollector(registry=self.registry)
         r = self.registry
         self.started = Counter(
             "grpc_server_started_total", "RPCs started on the server.", _RPC_LABELS, registry=r
@@ -114,6 +139,28 @@ class Metrics:
             "embedlens_model_loaded_timestamp_seconds",
             "Unix time at which the version of each model now serving was swapped in.",
             ("model",),
+            registry=r,
+        )
+        # Cross-request batching (batching.py): how long requests queue, how much is merged.
+        self.queue_wait = Histogram(
+            "embedlens_queue_wait_seconds",
+            "Seconds a request waited for the merged search that answered it to start.",
+            ("method",),
+            buckets=QUEUE_BUCKETS,
+            registry=r,
+        )
+        self.merged_queries = Histogram(
+            "embedlens_merged_batch_queries",
+            "Queries per merged search call (concurrent requests coalesced into one).",
+            ("method",),
+            buckets=BATCH_BUCKETS,
+            registry=r,
+        )
+        self.merged_requests = Histogram(
+            "embedlens_merged_batch_requests",
+            "Requests per merged search call.",
+            ("method",),
+            buckets=BATCH_BUCKETS,
             registry=r,
         )
         self._http: object | None = None

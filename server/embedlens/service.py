@@ -6,6 +6,7 @@ Proto <-> numpy conversion lives in the `decode_*` / `encode_*` functions at the
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import grpc
 import numpy as np
@@ -15,6 +16,7 @@ from embedlens_client.pb.embedlens.v1 import embedlens_pb2_grpc as pb_grpc
 from embedlens_client.tensors import from_numpy, to_numpy
 
 from . import __version__
+from .batching import Batcher, RunBatch
 from .config import CHARS_PER_TOKEN, Limits
 from .contextual import ContextualOptions, ContextualText, contextual_embed
 from .errors import InvalidArgument, NotFound, ResourceExhausted, quote_list
@@ -251,6 +253,48 @@ def encode_contextual(
     return out
 
 
+# ---- cross-request batching (batching.py) ------------------------------------------------
+
+Hits = tuple[np.ndarray, np.ndarray]
+
+
+def _split(scores: np.ndarray, ids: np.ndarray, sizes: list[int]) -> list[Hits]:
+    if len(sizes) == 1:
+        return [(scores, ids)]
+    cuts = np.cumsum(sizes)[:-1]
+    return list(zip(np.split(scores, cuts), np.split(ids, cuts)))
+
+
+def _run_nearest(key: Any, items: list[tuple[EmbeddingSpace, list[Term]]]) -> list[Hits]:
+    opts: SearchOptions = key[1]
+    terms = [t for _, ts in items for t in ts]
+    scores, ids = nearest(items[0][0], terms, opts, include_query=key[2])
+    return _split(scores, ids, [len(ts) for _, ts in items])
+
+
+def _run_analogy(key: Any, items: list[tuple[EmbeddingSpace, list[AnalogyQuery]]]) -> list[Hits]:
+    opts: SearchOptions = key[1]
+    queries = [q for _, qs in items for q in qs]
+    scores, ids = analogy(items[0][0], queries, opts, method=key[2], include_inputs=key[3])
+    return _split(scores, ids, [len(qs) for _, qs in items])
+
+
+def _batcher(run: RunBatch[Any, Hits], method: str, limits: Limits, metrics: Metrics) -> Batcher:
+    queries = metrics.merged_queries.labels(method)
+    requests = metrics.merged_requests.labels(method)
+
+    def on_batch(n_queries: int, n_requests: int) -> None:
+        queries.observe(n_queries)
+        requests.observe(n_requests)
+
+    return Batcher(
+        run,
+        max_queries=limits.max_batch,
+        on_wait=metrics.queue_wait.labels(method).observe,
+        on_batch=on_batch,
+    )
+
+
 # ---- the servicer ------------------------------------------------------------------------
 
 
@@ -259,6 +303,9 @@ class EmbeddingService(pb_grpc.EmbeddingServiceServicer):
         self.registry = registry
         self.limits = limits
         self.metrics = metrics
+        # Concurrent Nearest / Analogy calls with the same options share one search.
+        self._nearest = _batcher(_run_nearest, "Nearest", limits, metrics)
+        self._analogy = _batcher(_run_analogy, "Analogy", limits, metrics)
 
     def Info(self, request: pb.InfoRequest, context: grpc.ServicerContext) -> pb.InfoResponse:
         space = self.registry.get(request.model)
@@ -339,7 +386,8 @@ class EmbeddingService(pb_grpc.EmbeddingServiceServicer):
         self.metrics.batch_size.labels("Nearest").observe(len(request.queries))
         opts = decode_options(request.options, self.limits)
         terms = decode_terms(space, list(request.queries), "query")
-        scores, ids = nearest(space, terms, opts, include_query=request.include_query)
+        key = (id(space), opts, request.include_query)
+        scores, ids = self._nearest.submit(key, (space, terms), len(terms))
         return pb.NearestResponse(model=space.name, results=encode_neighbors(space, scores, ids))
 
     def Analogy(
@@ -364,9 +412,8 @@ class EmbeddingService(pb_grpc.EmbeddingServiceServicer):
             )
             for q in request.queries
         ]
-        scores, ids = analogy(
-            space, queries, opts, method=method, include_inputs=request.include_inputs
-        )
+        key = (id(space), opts, method, request.include_inputs)
+        scores, ids = self._analogy.submit(key, (space, queries), len(queries))
         return pb.AnalogyResponse(model=space.name, results=encode_neighbors(space, scores, ids))
 
     def ContextualEmbed(

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from . import exact_analogy
 from .cancellation import checkpoint
 from .errors import InvalidArgument
 from .index import COSINE
@@ -109,6 +110,13 @@ def analogy(
             raise InvalidArgument(
                 f"3CosMul needs at least one positive term (analogy {i} has none)"
             )
+    if opts.exact:
+        # Exact batches go through each distinct term's cosine column (exact_analogy.py);
+        # 3CosAdd batches without shared words are cheaper as one product with the means.
+        terms, term_queries = _term_table(space, queries, include_inputs)
+        if method == COS_MUL or exact_analogy.worth_it(len(queries), len(terms)):
+            rows, xb = space.index.exact_view(COSINE, opts.whole_words_only, opts.restrict_vocab)
+            return exact_analogy.search(xb, rows, terms, term_queries, opts.k, method)
     exclude = None if include_inputs else [q.input_ids() for q in queries]
     means = np.stack([cosadd_vector(q, i) for i, q in enumerate(queries)])
     if method == COS_ADD:
@@ -121,8 +129,6 @@ def analogy(
             exclude=exclude,
             ef_search=opts.ef_search,
         )
-    if opts.exact:
-        return _cosmul_exact(space, queries, opts, exclude)
     return _cosmul_reranked(space, queries, means, opts, exclude)
 
 
@@ -147,38 +153,35 @@ def _terms(q: AnalogyQuery) -> np.ndarray:
     return np.stack([_gensim_term(t) for t in (*q.positive, *q.negative)])  # (n_terms, d_model)
 
 
-def _cosmul_exact(
-    space: EmbeddingSpace,
-    queries: list[AnalogyQuery],
-    opts: SearchOptions,
-    exclude: list[set[int]] | None,
-) -> tuple[np.ndarray, np.ndarray]:
-    rows, xb = space.index.exact_view(COSINE, opts.whole_words_only, opts.restrict_vocab)
-    k = opts.k
-    out_s = np.full((len(queries), k), -np.inf, dtype=np.float32)
-    out_i = np.full((len(queries), k), -1, dtype=np.int64)
-    pos_of = {int(r): j for j, r in enumerate(rows)}
-    for start in range(0, len(queries), _COSMUL_CHUNK):
-        checkpoint()  # stop here if the caller has gone away
-        chunk = queries[start : start + _COSMUL_CHUNK]
-        terms = [_terms(q) for q in chunk]
-        cos = xb @ np.concatenate(terms).T  # (n_rows, total terms of the chunk)
-        col = 0
-        for j, (q, t) in enumerate(zip(chunk, terms)):
-            scores = _cosmul_scores(cos[:, col : col + len(t)], len(q.positive))
-            col += len(t)
-            if exclude is not None:
-                banned = [pos_of[i] for i in exclude[start + j] if i in pos_of]
-                scores[banned] = -np.inf
-            kk = min(k, len(scores))
-            if kk == 0:
-                continue
-            top = np.argpartition(-scores, kk - 1)[:kk]
-            top = top[np.argsort(-scores[top], kind="stable")]
-            top = top[np.isfinite(scores[top])]
-            out_s[start + j, : len(top)] = scores[top]
-            out_i[start + j, : len(top)] = rows[top]
-    return out_s, out_i
+def _term_table(
+    space: EmbeddingSpace, queries: list[AnalogyQuery], include_inputs: bool
+) -> tuple[np.ndarray, list[exact_analogy.TermQuery]]:
+    """Distinct terms as gensim uses them (unit rows of E, raw vectors as given), and each
+    analogy as indices into them: a batch that shares words computes each word's cosines once."""
+    slot: dict[int, int] = {}
+    vectors: list[np.ndarray] = []
+
+    def index_of(t: Term) -> int:
+        if t.id is None:
+            vectors.append(t.vector.astype(np.float32))
+            return len(vectors) - 1
+        j = slot.get(t.id)
+        if j is None:
+            j = slot[t.id] = len(vectors)
+            vectors.append(space.index.unit[t.id])
+        return j
+
+    out = [
+        exact_analogy.TermQuery(
+            tuple(index_of(t) for t in q.positive),
+            tuple(index_of(t) for t in q.negative),
+            () if include_inputs else tuple(q.input_ids()),
+        )
+        for q in queries
+    ]
+    if slot and not (space.index.norms[list(slot)] > 0).all():
+        raise InvalidArgument("a query vector has zero length, so it has no direction to compare")
+    return np.stack(vectors).astype(np.float32, copy=False), out
 
 
 def _cosmul_reranked(

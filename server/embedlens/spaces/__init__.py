@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..config import ModelSpec, ServerConfig
-from ..index import HnswParams, VectorIndex
+from ..index import DOT, HnswParams, VectorIndex
 from .space import EmbeddingSpace, TokenSpan, bracketed_specials, wordpiece_whole_words
 
 if TYPE_CHECKING:
@@ -65,6 +65,9 @@ def load_space(spec: ModelSpec, config: ServerConfig) -> EmbeddingSpace:
     else:
         space = _load_vector_file(spec, path, config)
     space.index.build()
+    # Dot-product HNSW is built (or read from the cache) off the start-up path; until then
+    # approximate dot-product searches are answered exactly.
+    space.index.build_in_background(DOT)
     space.load_seconds = time.perf_counter() - t0
     log.info(
         "model %r: %s from %s, %d x %d, %d searchable, loaded in %.1fs%s",

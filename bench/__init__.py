@@ -1,0 +1,1 @@
+"""The embedlens benchmark suite: `python bench/run.py` (see docs/performance.md)."""

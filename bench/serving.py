@@ -1,0 +1,252 @@
+"""Rows 2-4 against a running embedlens server: Nearest, Lookup, ContextualEmbed throughput."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import grpc
+import numpy as np
+
+from embedlens_client import Client
+
+from . import throughput as tp
+from .procs import start_echo
+from .table import Row, rate_ratio
+
+APPROX_TARGET = 0.75
+EXACT_TARGET = 0.40
+RECALL_TARGET = 0.98
+LOOKUP_TARGET = 0.85
+CONTEXTUAL_TARGET = 1.5
+
+
+def query_tokens(vocab: list[str], special: frozenset[int], n: int, seed: int = 11) -> list[str]:
+    """Single-token queries: whole, alphabetic words of 3+ letters, drawn at random."""
+    pool = [t for i, t in enumerate(vocab) if i not in special and t.isalpha() and len(t) > 2]
+    rng = np.random.default_rng(seed)
+    return [str(t) for t in rng.choice(pool, size=min(n, len(pool)), replace=False)]
+
+
+def _mean_size(target: str, method: str, requests: list[bytes]) -> int:
+    return int(np.mean([len(tp.unary(target, method, r)) for r in requests[:50]]))
+
+
+def measured_recall(client: Client, tokens: list[str], k: int = 10) -> float:
+    exact = client.nearest_batch(tokens, k=k, exact=True)
+    approx = client.nearest_batch(tokens, k=k)
+    hits = [len({n.id for n in a} & {n.id for n in e}) / k for a, e in zip(approx, exact)]
+    return float(np.mean(hits))
+
+
+def run_nearest_lookup(
+    target: str,
+    client: Client,
+    tokens: list[str],
+    log_dir: Path,
+    *,
+    seconds: float,
+    rounds: int,
+    concurrency: int = 32,
+    tuned: tuple[str, Client, int] | None = None,
+) -> list[Row]:
+    """2a (approximate), 2b (exact), 3 (Lookup), each against the echo server.
+
+    tuned: (target, client, ef_search) of a second server started with a smaller HNSW
+    efSearch, measured as row 2c (the recall / throughput trade-off).
+    """
+    nearest_m = tp.SERVICE + "Nearest"
+    lookup_m = tp.SERVICE + "Lookup"
+    req = {
+        "approx": tp.nearest_requests(tokens, 10, exact=False),
+        "exact": tp.nearest_requests(tokens, 10, exact=True),
+        "lookup": tp.lookup_requests(tokens),
+    }
+    sizes = {
+        "Nearest": _mean_size(target, nearest_m, req["approx"]),
+        "Lookup": _mean_size(target, lookup_m, req["lookup"]),
+    }
+    recall = measured_recall(client, tokens[:1000])
+    tuned_recall = measured_recall(tuned[1], tokens[:1000]) if tuned else 0.0
+    results: dict[str, list[tp.Load]] = {k: [] for k in ("echo_n", "echo_l", "tuned", *req)}
+    with start_echo(log_dir, sizes) as echo:
+        # Alternate baseline and ours, so slow phases of a shared machine hit both alike.
+        plan = [
+            ("echo_n", echo.target, nearest_m, req["approx"]),
+            ("approx", target, nearest_m, req["approx"]),
+            ("exact", target, nearest_m, req["exact"]),
+            ("echo_l", echo.target, lookup_m, req["lookup"]),
+            ("lookup", target, lookup_m, req["lookup"]),
+        ]
+        if tuned:
+            plan.insert(2, ("tuned", tuned[0], nearest_m, req["approx"]))
+        for _ in range(rounds):
+            for name, tgt, method, reqs in plan:
+                results[name].append(
+                    tp.drive(tgt, method, reqs, concurrency=concurrency, seconds=seconds)
+                )
+
+    def mean(name: str) -> tp.Load:
+        loads = results[name]
+        return tp.Load(
+            rps=float(np.mean([x.rps for x in loads])),
+            p50_ms=float(np.mean([x.p50_ms for x in loads])),
+            p99_ms=float(np.mean([x.p99_ms for x in loads])),
+            calls=sum(x.calls for x in loads),
+            errors=sum(x.errors for x in loads),
+            seconds=sum(x.seconds for x in loads),
+        )
+
+    echo_n, echo_l = mean("echo_n"), mean("echo_l")
+    rows = []
+    for rid, name, target_ratio in (("2a", "approx", APPROX_TARGET), ("2b", "exact", EXACT_TARGET)):
+        ours = mean(name)
+        extra = f"; recall@10 {recall:.3f} (target ≥ {RECALL_TARGET})" if name == "approx" else ""
+        rows.append(
+            Row(
+                rid,
+                f"Nearest k=10, one token, {concurrency} concurrent, "
+                f"{'HNSW' if name == 'approx' else 'exact'}",
+                ours.rps,
+                echo_n.rps,
+                "req/s",
+                f"gRPC echo, {sizes['Nearest']} B replies",
+                rate_ratio(ours.rps, echo_n.rps),
+                target_ratio,
+                condition=recall >= RECALL_TARGET if name == "approx" else True,
+                note=f"p50 {ours.p50_ms:.1f} ms, p99 {ours.p99_ms:.1f} ms "
+                f"(echo p50 {echo_n.p50_ms:.1f}, p99 {echo_n.p99_ms:.1f}){extra}"
+                + (f"; {ours.errors} errors" if ours.errors else ""),
+                details={"ours": ours.as_dict(), "echo": echo_n.as_dict(), "recall_at_10": recall}
+                | {"rounds": [x.as_dict() for x in results[name]]},
+            )
+        )
+    if tuned:
+        ours = mean("tuned")
+        rows.append(
+            Row(
+                "2c",
+                f"Nearest k=10, one token, {concurrency} concurrent, HNSW at efSearch "
+                f"{tuned[2]} (server flag)",
+                ours.rps,
+                echo_n.rps,
+                "req/s",
+                f"gRPC echo, {sizes['Nearest']} B replies",
+                rate_ratio(ours.rps, echo_n.rps),
+                APPROX_TARGET,
+                condition=tuned_recall >= RECALL_TARGET,
+                note=f"p50 {ours.p50_ms:.1f} ms, p99 {ours.p99_ms:.1f} ms; recall@10 "
+                f"{tuned_recall:.3f} (target ≥ {RECALL_TARGET})"
+                + (f"; {ours.errors} errors" if ours.errors else ""),
+                details={"ours": ours.as_dict(), "recall_at_10": tuned_recall},
+            )
+        )
+    lk = mean("lookup")
+    rows.append(
+        Row(
+            "3",
+            f"Lookup, one token, {concurrency} concurrent",
+            lk.rps,
+            echo_l.rps,
+            "req/s",
+            f"gRPC echo, {sizes['Lookup']} B replies",
+            rate_ratio(lk.rps, echo_l.rps),
+            LOOKUP_TARGET,
+            note=f"p50 {lk.p50_ms:.1f} ms, p99 {lk.p99_ms:.1f} ms "
+            f"(echo p50 {echo_l.p50_ms:.1f}, p99 {echo_l.p99_ms:.1f})"
+            + (f"; {lk.errors} errors" if lk.errors else ""),
+            details={"ours": lk.as_dict(), "echo": echo_l.as_dict()},
+        )
+    )
+    return rows
+
+
+def sentences(vocab: list[str], tokenizer: object, n: int, seed: int = 13) -> list[str]:
+    """Texts of 8-32 tokens ([CLS] and [SEP] included) from common whole words."""
+    rng = np.random.default_rng(seed)
+    words = [t for t in vocab[1000:8000] if t.isalpha()]
+    out = []
+    while len(out) < n:
+        text = " ".join(rng.choice(words, size=int(rng.integers(5, 28))))
+        n_tok = len(tokenizer.encode(text).ids)  # type: ignore[attr-defined]
+        if 8 <= n_tok <= 32:
+            out.append(text)
+    return out
+
+
+def run_contextual(
+    target: str,
+    client: Client,
+    model_dir: Path,
+    texts: list[str],
+    *,
+    seconds: float,
+    concurrency: int = 16,
+) -> Row:
+    """4: ContextualEmbed ('final' point) against HF BertModel, one text at a time."""
+    name = f"ContextualEmbed, {concurrency} concurrent, 8–32 tokens"
+    try:
+        client.contextual_embed(texts[0], points="final")
+    except Exception as exc:  # UNIMPLEMENTED / FAILED_PRECONDITION: nothing to measure
+        code = getattr(exc, "code", None)
+        return Row(
+            "4",
+            name,
+            target=CONTEXTUAL_TARGET,
+            skipped=f"not available on this server ({code or type(exc).__name__}: {exc})",
+        )
+    import torch
+    from transformers import AutoTokenizer, BertModel
+
+    tok = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
+    bert = BertModel.from_pretrained(str(model_dir), local_files_only=True).eval()
+
+    def hf(text: str) -> np.ndarray:
+        with torch.inference_mode():
+            enc = tok(text, return_tensors="pt")
+            return bert(**enc).last_hidden_state[0].numpy()
+
+    worst = 0.0
+    for text in texts[:20]:
+        (r,) = client.contextual_embed(text, points="final")
+        worst = max(worst, float(np.abs(r.activations["final"] - hf(text)).max()))
+
+    # Baseline: one text at a time in this process; torch's default threads and one thread,
+    # the faster of the two (on a busy 2-core machine one thread often wins).
+    threads = torch.get_num_threads()
+    base = {}
+    for n_threads in sorted({threads, 1}):
+        torch.set_num_threads(n_threads)
+        for text in texts[:5]:
+            hf(text)
+        done, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < seconds:
+            hf(texts[done % len(texts)])
+            done += 1
+        base[n_threads] = done / (time.perf_counter() - t0)
+    torch.set_num_threads(threads)
+    baseline = max(base.values())
+
+    req = tp.contextual_requests(texts, ("final",))
+    try:
+        ours = tp.drive(
+            target, tp.SERVICE + "ContextualEmbed", req, concurrency=concurrency, seconds=seconds
+        )
+    except grpc.RpcError as exc:  # pragma: no cover - reported, not hidden
+        return Row("4", name, target=CONTEXTUAL_TARGET, skipped=f"load run failed: {exc}")
+    return Row(
+        "4",
+        name,
+        ours.rps,
+        baseline,
+        "texts/s",
+        "HF BertModel, one text at a time, in-process",
+        rate_ratio(ours.rps, baseline),
+        CONTEXTUAL_TARGET,
+        condition=worst <= 1e-4,
+        note=f"max |ours − HF| on 20 texts {worst:.1e} (≤ 1e-4 required); p50 "
+        f"{ours.p50_ms:.1f} ms, p99 {ours.p99_ms:.1f} ms; HF texts/s by torch threads "
+        + ", ".join(f"{k}: {v:.1f}" for k, v in base.items())
+        + (f"; {ours.errors} errors" if ours.errors else ""),
+        details={"ours": ours.as_dict(), "hf_by_threads": base, "max_abs_diff": worst},
+    )
