@@ -82,7 +82,7 @@ class AnalogyReport:
         return d
 
 
-@dataclass
+@dataclass(slots=True)
 class _Question:
     section: int
     ids: tuple[int, int, int]  # a, b, c as token ids
@@ -124,8 +124,11 @@ def evaluate_analogies(
     n_vocab = min(restrict_vocab, info.vocab_size)
     max_batch = info.limits.max_batch if info.limits is not None else 1024
     batch = min(batch_size or max_batch, max_batch)
-    vocab = fetch_vocab(client, n_vocab, batch, model=info.name)
-    parsed = _parse(Path(path), vocab, case_insensitive)
+    with ThreadPoolExecutor(1) as pool:  # read the file while the vocabulary arrives
+        vocab_job = pool.submit(fetch_vocab, client, n_vocab, batch, info.name)
+        read = _read(Path(path), case_insensitive)
+        vocab = vocab_job.result()
+    parsed = _parse(Path(path), vocab, case_insensitive, read)
     fold = str.upper if case_insensitive else _same
     correct = [0] * len(parsed.names)
     total = [0] * len(parsed.names)
@@ -184,40 +187,58 @@ def _same(word: str) -> str:
     return word
 
 
-def _parse(path: Path, vocab: list[str], case_insensitive: bool) -> _Parsed:
+def _read(path: Path, case_insensitive: bool) -> tuple[list[str], list[tuple[int, list[str]]], int]:
+    """Section names, (section, folded words) per line, and the number of invalid lines."""
     fold = str.upper if case_insensitive else _same
-    first: dict[str, int] = {}
-    for i in range(len(vocab) - 1, -1, -1):  # reversed: the first occurrence wins
-        first[fold(vocab[i])] = i
-    variants = Counter(fold(t) for t in vocab)  # how many tokens fold to each word
-    out = _Parsed()
+    names: list[str] = []
+    lines: list[tuple[int, list[str]]] = []
+    invalid = 0
     with path.open("rb") as fin:
         for line_no, raw in enumerate(fin):
             line = raw.decode("utf-8")
             if line.startswith(": "):
-                out.names.append(line.lstrip(": ").strip())
+                names.append(line.lstrip(": ").strip())
                 continue
-            if not out.names:
+            if not names:
                 raise ValueError(f"missing section header before line #{line_no} in {path}")
             words = [fold(w) for w in line.split()]
             if len(words) != 4:
-                out.invalid += 1
+                invalid += 1
                 continue
-            a, b, c, expected = words
-            if not all(w in first for w in words):
-                out.skipped += 1
-                continue
-            ignore = frozenset((a, b, c))
-            others = sum(variants[w] - 1 for w in ignore)  # case variants not excluded by id
-            out.questions.append(
-                _Question(
-                    len(out.names) - 1,
-                    (first[a], first[b], first[c]),
-                    expected,
-                    ignore,
-                    min(GENSIM_TOPN, 1 + others),
-                )
+            lines.append((len(names) - 1, words))
+    return names, lines, invalid
+
+
+def _parse(
+    path: Path,
+    vocab: list[str],
+    case_insensitive: bool,
+    read: tuple[list[str], list[tuple[int, list[str]]], int] | None = None,
+) -> _Parsed:
+    """The questions of `path` as token ids, with gensim's vocabulary rules."""
+    fold = str.upper if case_insensitive else _same
+    names, lines, invalid = read or _read(path, case_insensitive)
+    first: dict[str, int] = {}
+    for i in range(len(vocab) - 1, -1, -1):  # reversed: the first occurrence wins
+        first[fold(vocab[i])] = i
+    variants = Counter(fold(t) for t in vocab)  # how many tokens fold to each word
+    out = _Parsed(names=names, invalid=invalid)
+    for section, words in lines:
+        a, b, c, expected = words
+        if not all(w in first for w in words):
+            out.skipped += 1
+            continue
+        ignore = frozenset((a, b, c))
+        others = sum(variants[w] - 1 for w in ignore)  # case variants not excluded by id
+        out.questions.append(
+            _Question(
+                section,
+                (first[a], first[b], first[c]),
+                expected,
+                ignore,
+                min(GENSIM_TOPN, 1 + others),
             )
+        )
     return out
 
 
