@@ -1,4 +1,4 @@
-"""Bearer-token authentication: one interceptor, before any handler runs.
+"""Bearer-token authentication, checked by the call pipeline before any handler runs.
 
 - With user tokens configured, every call needs `authorization: Bearer <token>`; without one it
   gets UNAUTHENTICATED before its request is even parsed. Health and reflection stay open
@@ -18,10 +18,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-import grpc
-
 from .config import ServerConfig
-from .interceptors import refuse
 
 log = logging.getLogger(__name__)
 
@@ -86,8 +83,9 @@ class Tokens:
         return bool(self.user)
 
 
-class AuthInterceptor(grpc.ServerInterceptor):
-    """UNAUTHENTICATED for a call without a valid token; admin calls need the admin token."""
+class Authenticator:
+    """Says why a call may not proceed (UNAUTHENTICATED), or None; admin calls need the admin
+    token. The call pipeline (interceptors.py) asks `check` for every call."""
 
     def __init__(self, tokens: Tokens, *, open_health: bool = True) -> None:
         self.tokens = tokens
@@ -114,11 +112,3 @@ class AuthInterceptor(grpc.ServerInterceptor):
         if not _matches(token, (*t.user, *t.admin)):
             return "the bearer token is not valid for this server"
         return None
-
-    def intercept_service(self, continuation: Any, details: grpc.HandlerCallDetails) -> Any:
-        why = self.check(details.method, details.invocation_metadata)
-        handler = continuation(details)
-        if why is None or handler is None:
-            return handler
-        log.debug("refused a call to %s: %s", details.method, why)
-        return refuse(handler, grpc.StatusCode.UNAUTHENTICATED, why)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 
 from .errors import Cancelled
 
@@ -40,6 +40,16 @@ def checkpoint() -> None:
 def current() -> Liveness:
     """The current call's liveness test, to take along to another thread (True outside calls)."""
     return _live.get() or _always
+
+
+def bind(live: Liveness) -> Token[Liveness | None]:
+    """Make `live` the test checkpoint() asks until unbind(token): bound() without a generator,
+    for the per-call path (a generator context manager costs more than the rest of a Lookup)."""
+    return _live.set(live)
+
+
+def unbind(token: Token[Liveness | None]) -> None:
+    _live.reset(token)
 
 
 @contextmanager

@@ -24,10 +24,10 @@ from embedlens_client.pb.embedlens.v1 import embedlens_pb2 as pb
 from embedlens_client.pb.embedlens.v1 import embedlens_pb2_grpc as pb_grpc
 
 from .admin import AdminService
-from .auth import AuthInterceptor, Tokens
+from .auth import Authenticator, Tokens
 from .config import ServerConfig
 from .index import COSINE
-from .interceptors import ErrorInterceptor, MetricsInterceptor
+from .interceptors import CallPipeline
 from .metrics import Metrics
 from .registry import ModelRegistry, ReloadResult
 from .service import EmbeddingService
@@ -186,11 +186,13 @@ def create_server(config: ServerConfig) -> tuple[EmbedlensServer, int]:
     draining = threading.Event()
     server = grpc.server(
         executor,
-        # outermost first: every call is counted, refused calls included
+        # every call is counted, refused calls included (see interceptors.py)
         interceptors=[
-            MetricsInterceptor(metrics),
-            AuthInterceptor(tokens, open_health=config.open_health),
-            ErrorInterceptor(metrics, draining),
+            CallPipeline(
+                metrics,
+                Authenticator(tokens, open_health=config.open_health).check,
+                draining,
+            )
         ],
         # over it, gRPC answers RESOURCE_EXHAUSTED "Concurrent RPC limit exceeded!" itself
         maximum_concurrent_rpcs=limits.max_concurrent_rpcs,
