@@ -16,8 +16,9 @@ import shutil
 import sys
 import tempfile
 import time
-from contextlib import ExitStack
 from pathlib import Path
+
+import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # `python bench/run.py` from anywhere
@@ -57,12 +58,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--hnsw-budget", type=float, default=None, help="seconds for the 1M HNSW build")
     p.add_argument("--cosmul-every", type=int, default=None, help="gensim 3CosMul on every n-th")
     p.add_argument("--engine-queries", type=int, default=None, help="row 5 batch size")
-    p.add_argument(
-        "--tuned-ef-search",
-        type=int,
-        default=48,
-        help="row 2c: a second server with this HNSW efSearch (0: no row 2c)",
-    )
     args = p.parse_args(argv)
     quick = args.quick
     defaults = {
@@ -143,30 +138,16 @@ def main(argv: list[str] | None = None) -> int:
             if args.row_set & {2, 3}:
                 t0 = time.perf_counter()
                 tokens = serving.query_tokens(vocab, space.special_ids, 2000)
-                with ExitStack() as stack:
-                    tuned = None
-                    if args.tuned_ef_search:
-                        ef = str(args.tuned_ef_search)
-                        tuned_srv = stack.enter_context(
-                            start_embedlens(
-                                cache,
-                                logs,
-                                name="tuned",
-                                args=(*server_args, "--hnsw-ef-search", ef),
-                                env=server_env,
-                            )
-                        )
-                        tuned_client = stack.enter_context(Client(tuned_srv.target, timeout=600))
-                        tuned = (tuned_srv.target, tuned_client, args.tuned_ef_search)
-                    nl = serving.run_nearest_lookup(
-                        srv.target,
-                        client,
-                        tokens,
-                        logs,
-                        seconds=args.seconds,
-                        rounds=args.rounds,
-                        tuned=tuned,
-                    )
+                vectors = np.asarray(space.matrix)[space.token_ids(tokens)]
+                nl = serving.run_nearest_lookup(
+                    srv.target,
+                    client,
+                    tokens,
+                    vectors,
+                    logs,
+                    seconds=args.seconds,
+                    rounds=args.rounds,
+                )
                 rows += [r for r in nl if int(r.id[0]) in args.row_set]
                 timed("rows 2-3 (Nearest, Lookup)", t0)
             if 4 in args.row_set:

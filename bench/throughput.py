@@ -116,6 +116,19 @@ def nearest_requests(tokens: list[str], k: int, exact: bool) -> list[bytes]:
     ]
 
 
+def nearest_vector_requests(vectors: np.ndarray, k: int, exact: bool) -> list[bytes]:
+    """One raw-vector query per request: always a search (never the neighbour table)."""
+    from embedlens_client.tensors import from_numpy
+
+    return [
+        pb.NearestRequest(
+            queries=[pb.Query(vector=from_numpy(np.ascontiguousarray(v, dtype=np.float32)))],
+            options=pb.SearchOptions(k=k, exact=exact),
+        ).SerializeToString()
+        for v in vectors
+    ]
+
+
 def lookup_requests(tokens: list[str]) -> list[bytes]:
     return [pb.LookupRequest(items=[pb.Query(token=t)]).SerializeToString() for t in tokens]
 

@@ -65,7 +65,10 @@ class ServerConfig:
     workers: int = 16
     hnsw_m: int = 32
     hnsw_ef_construction: int = 200
-    hnsw_ef_search: int = 128
+    hnsw_ef_search: int = 0  # 0: tuned at load to reach hnsw_target_recall
+    hnsw_target_recall: float = 0.99
+    neighbor_table_k: int = 100  # exact neighbours precomputed per row; 0: no table
+    neighbor_table_max_rows: int = 100_000  # larger models get no table (n^2 build)
     grace_seconds: float = 20.0
     drain_seconds: float = 1.0
     progress: bool = True
@@ -108,7 +111,30 @@ _FLAGS: list[tuple[str, str, type, str]] = [
     ("--workers", "workers", int, "gRPC worker threads"),
     ("--hnsw-m", "hnsw_m", int, "HNSW graph degree"),
     ("--hnsw-ef-construction", "hnsw_ef_construction", int, "HNSW build-time beam width"),
-    ("--hnsw-ef-search", "hnsw_ef_search", int, "HNSW default search beam width"),
+    (
+        "--hnsw-ef-search",
+        "hnsw_ef_search",
+        int,
+        "HNSW default search beam width (0: the smallest that reaches --hnsw-target-recall)",
+    ),
+    (
+        "--hnsw-target-recall",
+        "hnsw_target_recall",
+        float,
+        "recall@10 against exact search that the tuned efSearch must reach, measured at load",
+    ),
+    (
+        "--neighbor-table-k",
+        "neighbor_table_k",
+        int,
+        "exact neighbours precomputed per row for token queries (0: no table)",
+    ),
+    (
+        "--neighbor-table-max-rows",
+        "neighbor_table_max_rows",
+        int,
+        "models with more rows get no neighbour table",
+    ),
     ("--grace-seconds", "grace_seconds", float, "drain time for in-flight calls on SIGTERM"),
     (
         "--drain-seconds",
@@ -260,6 +286,14 @@ def _check(config: ServerConfig) -> None:
         raise ValueError(f"port must be between 0 and 65535, got {config.port}")
     if config.grace_seconds < 0 or config.drain_seconds < 0:
         raise ValueError("grace_seconds and drain_seconds must not be negative")
+    if not 0 < config.hnsw_target_recall <= 1:
+        raise ValueError(f"hnsw_target_recall must be in (0, 1], got {config.hnsw_target_recall}")
+    if config.hnsw_ef_search < 0:
+        raise ValueError(
+            f"hnsw_ef_search must be 0 (tuned) or positive, got {config.hnsw_ef_search}"
+        )
+    if config.neighbor_table_k < 0 or config.neighbor_table_max_rows < 0:
+        raise ValueError("neighbor_table_k and neighbor_table_max_rows must not be negative")
     if config.workers < 1:
         raise ValueError(f"workers must be at least 1, got {config.workers}")
     if (config.tls_cert is None) != (config.tls_key is None):

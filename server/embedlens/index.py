@@ -30,8 +30,10 @@ import faiss
 import numpy as np
 from tqdm import tqdm
 
+from . import neighbors
 from .cancellation import checkpoint
 from .errors import InvalidArgument
+from .neighbors import NeighborTable
 
 log = logging.getLogger(__name__)
 
@@ -63,11 +65,28 @@ def unit_rows(x: np.ndarray) -> np.ndarray:
     return np.divide(x, norms, out=np.zeros_like(x, dtype=np.float32), where=norms > 0)
 
 
+# efSearch values tried, smallest first, when the default is tuned to a recall target.
+EF_LADDER = (16, 24, 32, 40, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
+TUNE_PROBES = 500
+TUNE_K = 10
+
+
 @dataclass(frozen=True)
 class HnswParams:
     m: int = 32
     ef_construction: int = 200
-    ef_search: int = 128
+    ef_search: int = 0  # 0: the smallest of EF_LADDER whose measured recall@10 >= target_recall
+    target_recall: float = 0.99
+
+
+@dataclass(frozen=True)
+class Tuning:
+    """The default efSearch of one metric's graph and the recall@10 measured with it."""
+
+    ef_search: int
+    recall: float
+    probes: int
+    tuned: bool  # False: the efSearch was configured, recall only measured
 
 
 class VectorIndex:
@@ -80,6 +99,8 @@ class VectorIndex:
         whole_words: np.ndarray,
         *,
         params: HnswParams | None = None,
+        neighbor_table_k: int = 0,
+        neighbor_table_max_rows: int = 100_000,
         cache_dir: Path | None = None,
         progress: bool = True,
         name: str = "",
@@ -103,15 +124,15 @@ class VectorIndex:
         self._exact: dict[tuple[str, bool], np.ndarray] = {}
         self._hnsw: dict[str, faiss.Index] = {}
         self._plain_params: dict[int, Any] = {}  # SearchParametersHNSW without a selector
+        self.tuning: dict[str, Tuning] = {}
+        # Exact neighbours of every row, for token/id queries (neighbors.py); 0: none.
+        self.table_k = neighbor_table_k if self.n_total <= neighbor_table_max_rows else 0
+        self.table: NeighborTable | None = None
         self._lock = threading.Lock()
         self.content_hash = hashlib.sha256(
             np.ascontiguousarray(matrix[self.rows], dtype=np.float32).tobytes()
         ).hexdigest()[:16]
         self.from_cache = False
-        self.approximate_description = (
-            f"HNSW{self.params.m},Flat efConstruction={self.params.ef_construction} "
-            f"efSearch={self.params.ef_search}"
-        )
         self.exact_description = "brute force inner product (faiss.knn, BLAS)"
         # FAISS 1.15's default threshold (128000) keeps request-sized batches off its BLAS
         # (matrix-matrix) path, so each query costs its own pass over E: measured 7 ms per
@@ -122,12 +143,44 @@ class VectorIndex:
     def size(self) -> int:
         return len(self.rows)
 
+    @property
+    def approximate_description(self) -> str:
+        p = self.params
+        t = self.tuning.get(COSINE)
+        if t is None:
+            ef = f"efSearch={p.ef_search or EF_LADDER[-1]}"
+        else:
+            how = f"tuned for recall@10 >= {p.target_recall:g}" if t.tuned else "configured"
+            ef = f"efSearch={t.ef_search} ({how}; measured {t.recall:.3f} on {t.probes} probes)"
+        return f"HNSW{p.m},Flat efConstruction={p.ef_construction} {ef}"
+
+    def default_ef(self, metric: str) -> int:
+        """The efSearch a search without its own uses: tuned or configured, else the largest
+        of the ladder (a graph not tuned yet is searched carefully, never sloppily)."""
+        t = self.tuning.get(metric)
+        if t is not None:
+            return t.ef_search
+        return self.params.ef_search or EF_LADDER[-1]
+
     # ---- building -------------------------------------------------------------------------
 
     def build(self) -> None:
         """Build (or load from the cache) what the default cosine search needs."""
         self._exact_matrix(COSINE, False)
         self._hnsw_index(COSINE)
+        if self.table_k:
+            whole = hashlib.sha256(np.ascontiguousarray(self.raw, dtype=np.float32).tobytes())
+            self.table = neighbors.load_or_build(
+                self.unit,
+                self.rows,
+                self._exact_matrix(COSINE, False),
+                self.table_k,
+                path=neighbors.table_path(
+                    self.cache_dir, whole.hexdigest()[:16], self.table_k, self.n_total
+                ),
+                progress=self.progress,
+                name=self.name,
+            )
 
     def _exact_matrix(self, metric: str, words_only: bool) -> np.ndarray:
         key = (metric, words_only)
@@ -162,8 +215,67 @@ class VectorIndex:
             index = self._hnsw.get(metric)
             if index is None:
                 index = self._load_or_build_hnsw(metric)
+                self.tuning[metric] = self._tune(metric, index)
                 self._hnsw[metric] = index
         return index
+
+    def _tune(self, metric: str, index: faiss.Index) -> Tuning:
+        """Measure recall@10 against exact search on a fixed sample of the graph's own rows and
+        pick the smallest efSearch of EF_LADDER that reaches the target (or measure the
+        configured one). A row is trivially its own nearest neighbour, so it is left out."""
+        t0 = time.perf_counter()
+        data = self._exact_matrix(metric, False)
+        n = min(TUNE_PROBES, len(data))
+        if n == 0:
+            return Tuning(self.params.ef_search or EF_LADDER[0], 1.0, 0, False)
+        local = np.sort(np.random.default_rng(0).choice(len(data), size=n, replace=False))
+        q = data[local]
+        k = min(TUNE_K + 1, len(data))
+        with _threads(q, True):
+            _, truth = faiss.knn(q, data, k, metric=faiss.METRIC_INNER_PRODUCT)
+
+        def recall(ef: int) -> float:
+            params = faiss.SearchParametersHNSW()  # type: ignore[attr-defined]
+            params.efSearch = max(ef, k)
+            _, got = index.search(q, k, params=params)
+            hits, total = 0, 0
+            for own, t, g in zip(local.tolist(), truth.tolist(), got.tolist()):
+                want = [i for i in t if i != own][:TUNE_K]
+                hits += len(set(want) & {i for i in g if i != own})
+                total += len(want)
+            return hits / max(total, 1)
+
+        configured = self.params.ef_search
+        if configured:
+            result = Tuning(configured, recall(configured), n, False)
+        else:
+            result = Tuning(EF_LADDER[-1], 0.0, n, True)
+            for ef in EF_LADDER:
+                r = recall(ef)
+                result = Tuning(ef, r, n, True)
+                if r >= self.params.target_recall:
+                    break
+            else:
+                log.warning(
+                    "%s: %s HNSW reaches recall@10 %.3f at most (efSearch %d), under the target "
+                    "%.3f; raise --hnsw-m or --hnsw-ef-construction",
+                    self.name,
+                    metric,
+                    result.recall,
+                    result.ef_search,
+                    self.params.target_recall,
+                )
+        log.info(
+            "%s: %s HNSW efSearch %d (%s): recall@10 %.4f on %d probes, in %.2fs",
+            self.name,
+            metric,
+            result.ef_search,
+            f"tuned for {self.params.target_recall:g}" if result.tuned else "configured",
+            result.recall,
+            n,
+            time.perf_counter() - t0,
+        )
+        return result
 
     def _cache_path(self, metric: str) -> Path | None:
         if self.cache_dir is None:
@@ -274,6 +386,39 @@ class VectorIndex:
                 )
         return _drop_excluded(scores, ids, exclude, k) if exclude else (scores[:, :k], ids[:, :k])
 
+    def search_rows(
+        self,
+        rows: np.ndarray,
+        k: int,
+        *,
+        metric: str = COSINE,
+        exact: bool = False,
+        whole_words_only: bool = False,
+        restrict_vocab: int = 0,
+        exclude: list[set[int]] | None = None,
+        ef_search: int = 0,
+    ) -> tuple[np.ndarray, np.ndarray] | None:
+        """Queries that are rows of the matrix, answered from the neighbour table; None where
+        the table cannot give exactly what search() would (neighbors.py says when)."""
+        t = self.table
+        if (
+            t is None
+            or metric != COSINE
+            or whole_words_only
+            or 0 < restrict_vocab < self.n_total
+            or (ef_search and not exact)
+        ):
+            return None
+        extra = max((len(e) for e in exclude), default=0) if exclude else 0
+        if k + extra > t.k and t.k < self.size:
+            return None
+        if not (self.norms[rows] > 0).all():  # a zero row has no direction: search says so
+            return None
+        scores, ids = t.scores[rows], t.ids[rows]
+        if exclude:
+            return _drop_excluded(scores, ids, exclude, k)
+        return _pad(scores[:, :k], ids[:, :k], k)
+
     def exact_view(
         self, metric: str, words_only: bool, restrict_vocab: int
     ) -> tuple[np.ndarray, np.ndarray]:
@@ -306,7 +451,8 @@ class VectorIndex:
     ) -> tuple[np.ndarray, np.ndarray]:
         index = self._hnsw_index(metric)
         kk = min(k, self.size)
-        ef = max(ef_search or self.params.ef_search, kk)
+        # A tuned efSearch is for k = 10; larger k get a beam of at least twice k.
+        ef = max(ef_search, kk) if ef_search else max(self.default_ef(metric), 2 * kk)
         bitmap = None
         params = self._plain_params.get(ef)
         if params is None or words_only or restrict_vocab:

@@ -109,7 +109,14 @@ class Metrics:
         )
         self.recall_probe = Gauge(
             "embedlens_recall_at_10",
-            "Recall@10 of the approximate index against exact search, probed at load.",
+            "Recall@10 of the approximate index against exact search, probed at load "
+            "with the default efSearch.",
+            ("model",),
+            registry=r,
+        )
+        self.ef_search = Gauge(
+            "embedlens_hnsw_ef_search",
+            "Default HNSW efSearch (tuned at load to reach the recall target, or configured).",
             ("model",),
             registry=r,
         )

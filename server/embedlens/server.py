@@ -14,7 +14,6 @@ from concurrent import futures
 from dataclasses import dataclass, field
 
 import grpc
-import numpy as np
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -38,7 +37,6 @@ log = logging.getLogger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["EmbeddingService"].full_name
 ADMIN_SERVICE_NAME = admin_pb.DESCRIPTOR.services_by_name["AdminService"].full_name
-RECALL_PROBE_QUERIES = 200
 
 
 @dataclass
@@ -109,14 +107,10 @@ class EmbedlensServer:
                 "d_model": str(space.d_model),
             }
         )
-        recall = probe_recall(space)
-        m.recall_probe.labels(space.name).set(recall)
-        log.info(
-            "model %r: HNSW recall@10 against exact search on %d probes: %.3f",
-            space.name,
-            RECALL_PROBE_QUERIES,
-            recall,
-        )
+        tuning = space.index.tuning.get(COSINE)
+        if tuning is not None:  # measured when the graph was loaded (index.py, _tune)
+            m.recall_probe.labels(space.name).set(tuning.recall)
+            m.ef_search.labels(space.name).set(tuning.ef_search)
 
     def wait_ready(self, timeout: float | None = None) -> bool:
         """Block until every model is loaded (False on timeout or a failed load)."""
@@ -159,21 +153,6 @@ class EmbedlensServer:
             time.sleep(drain)
         self.server.stop(grace - drain).wait()
         self.metrics.close()
-
-
-def probe_recall(space: EmbeddingSpace, k: int = 10, n: int = RECALL_PROBE_QUERIES) -> float:
-    """Recall@k of HNSW against exact search, on a fixed sample of the model's own rows."""
-    rows = space.index.rows
-    if len(rows) == 0:
-        return 1.0
-    sample = np.random.default_rng(0).choice(rows, size=min(n, len(rows)), replace=False)
-    q = space.index.unit[sample]
-    k = min(k, len(rows))
-    own = [{int(r)} for r in sample]  # a row is trivially its own nearest neighbour
-    _, exact = space.index.search(q, k, exact=True, metric=COSINE, exclude=own)
-    _, approx = space.index.search(q, k, exact=False, metric=COSINE, exclude=own)
-    hits = sum(len(set(e) & set(a)) for e, a in zip(exact.tolist(), approx.tolist()))
-    return hits / float(exact.size)
 
 
 def create_server(config: ServerConfig) -> tuple[EmbedlensServer, int]:

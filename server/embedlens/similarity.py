@@ -13,6 +13,7 @@ Special tokens are never searchable (see index.py), so they never appear in answ
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -73,21 +74,25 @@ def nearest(
     space: EmbeddingSpace, terms: list[Term], opts: SearchOptions, *, include_query: bool = False
 ) -> tuple[np.ndarray, np.ndarray]:
     """(scores, ids), each (n_queries, k): the closest rows to each term."""
+    exclude = None if include_query else [{t.id} if t.id is not None else set() for t in terms]
+    how: dict[str, Any] = {
+        "metric": opts.metric,
+        "exact": opts.exact,
+        "whole_words_only": opts.whole_words_only,
+        "restrict_vocab": opts.restrict_vocab,
+        "exclude": exclude,
+        "ef_search": opts.ef_search,
+    }
+    if all(t.id is not None for t in terms):  # tokens and ids: the neighbour table may know
+        rows = np.fromiter((t.id for t in terms), dtype=np.int64, count=len(terms))
+        hit = space.index.search_rows(rows, opts.k, **how)
+        if hit is not None:
+            return hit
     if opts.metric == COSINE:
         q = np.stack([_unit(t.vector, "query vector") for t in terms])
     else:
         q = np.stack([t.vector for t in terms]).astype(np.float32)
-    exclude = None if include_query else [{t.id} if t.id is not None else set() for t in terms]
-    return space.index.search(
-        q,
-        opts.k,
-        metric=opts.metric,
-        exact=opts.exact,
-        whole_words_only=opts.whole_words_only,
-        restrict_vocab=opts.restrict_vocab,
-        exclude=exclude,
-        ef_search=opts.ef_search,
-    )
+    return space.index.search(q, opts.k, **how)
 
 
 def analogy(
