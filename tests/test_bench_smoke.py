@@ -18,7 +18,24 @@ from .conftest import ROOT
 
 pytest.importorskip("gensim")
 
-ROW_IDS = ["1a", "1b", "2a", "2b", "2c", "3", "4", "5a", "5b", "5c", "6a", "6b", "7a", "7b", "7c"]
+ROW_IDS = [
+    "1a",
+    "1b",
+    "2a",
+    "2b",
+    "2c",
+    "2d",
+    "3",
+    "4",
+    "5a",
+    "5b",
+    "5c",
+    "6a",
+    "6b",
+    "7a",
+    "7b",
+    "7c",
+]
 
 
 def _tiny_model(path: Path, questions: Path) -> None:
