@@ -66,7 +66,7 @@ def load_or_build(
     if path is not None and path.exists():
         t0 = time.perf_counter()
         try:
-            with np.load(path) as z:
+            with np.load(path, allow_pickle=False) as z:
                 table = NeighborTable(z["ids"], z["scores"])
             if table.ids.shape == (len(unit), min(k, len(rows))):
                 log.info(
