@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -17,6 +21,7 @@ from embedlens.spaces import package_model_dir
 from embedlens_client import (
     Client,
     ClientError,
+    DeadlineExceededError,
     FailedPreconditionError,
     InvalidArgumentError,
     NotFoundError,
@@ -433,3 +438,187 @@ def test_cli_shows_nearest_static_tokens_per_layer(
     assert lines[1].split()[1:3] == ["bank", "1.000"]
     assert main([*argv[:3], "--points", "blocks.9.mlp_out", "--target", target]) == 1
     assert "unknown point(s) 'blocks.9.mlp_out'" in capsys.readouterr().err
+
+
+# ---- concurrent calls share forward passes (service.py: the ContextualEmbed batcher) ---------
+
+MERGED = "embedlens_merged_batch_{}"
+CONCURRENT_TEXTS = [
+    *TEXTS,
+    RIVER,
+    MONEY,
+    "",
+    "a",
+    "one two three four five six seven eight nine ten eleven twelve",
+    "Residual streams carry what every layer writes.",
+    "bank " * 40,
+]
+# two option sets, so two keys are merged side by side; the second runs a merged nearest search
+OPTION_SETS: list[dict[str, Any]] = [
+    {"points": "final", "pooling": "mean", "normalize": True},
+    {
+        "points": ["embed", "blocks.2.resid_mid", "final"],
+        "nearest_k": 3,
+        "skip_special_tokens": True,
+    },
+]
+
+
+def _sample(app: EmbedlensServer, name: str, **labels: str) -> float:
+    v = app.metrics.registry.get_sample_value(name, labels)
+    return 0.0 if v is None else v
+
+
+def _merged(app: EmbedlensServer) -> dict[str, float]:
+    method = {"method": "ContextualEmbed"}
+    return {
+        "batches": _sample(app, MERGED.format("requests_count"), **method),
+        "requests": _sample(app, MERGED.format("requests_sum"), **method),
+        "texts": _sample(app, MERGED.format("queries_sum"), **method),
+        "single": _sample(app, MERGED.format("requests_bucket"), le="1.0", **method),
+    }
+
+
+def _requests(n: int) -> list[tuple[int, list[str]]]:
+    """(option set, texts) for n requests of 1-3 texts each, all different."""
+    rng = np.random.default_rng(5)
+    out = []
+    for i in range(n):
+        picks = rng.choice(len(CONCURRENT_TEXTS), size=1 + i % 3, replace=False)
+        out.append((i % len(OPTION_SETS), [CONCURRENT_TEXTS[j] for j in picks]))
+    return out
+
+
+def _run_together(calls: list[Callable[[], object]]) -> list[object]:
+    """Run the calls from as many threads at once; each call's result or the exception it raised."""
+    barrier = threading.Barrier(len(calls))
+
+    def one(call: Callable[[], object]) -> object:
+        barrier.wait(30)
+        try:
+            return call()
+        except Exception as exc:  # returned, to be checked by the test
+            return exc
+
+    with ThreadPoolExecutor(len(calls)) as pool:
+        return list(pool.map(one, calls))
+
+
+def _assert_same(mine: list, ref: list) -> None:
+    """Equal to the one-at-a-time answer: padding to another length may move the last bits."""
+    assert len(mine) == len(ref)
+    for a, b in zip(mine, ref, strict=True):
+        assert a.tokens == b.tokens
+        assert list(a.activations) == list(b.activations)
+        for name, v in a.activations.items():
+            np.testing.assert_allclose(v, b.activations[name], rtol=0, atol=1e-5)
+        if b.pooled is None:
+            assert a.pooled is None
+        else:
+            np.testing.assert_allclose(a.pooled, b.pooled, rtol=0, atol=1e-6)
+        assert list(a.nearest) == list(b.nearest)
+        for name, lists in a.nearest.items():
+            for got, want in zip(lists, b.nearest[name], strict=True):
+                np.testing.assert_allclose(
+                    [n.score for n in got], [n.score for n in want], rtol=0, atol=1e-5
+                )
+                scores = [n.score for n in want]
+                for j, (x, y) in enumerate(zip(got, want, strict=True)):
+                    tied = any(abs(scores[j] - s) < 1e-5 for m, s in enumerate(scores) if m != j)
+                    assert x.id == y.id or tied, (name, j, got, want)
+
+
+def test_concurrent_calls_are_merged_and_answer_as_one_at_a_time(
+    server: EmbedlensServer, client: Client
+) -> None:
+    requests = _requests(24)
+    alone = [client.contextual_embed(texts, **OPTION_SETS[o]) for o, texts in requests]
+    before = _merged(server)
+    got = _run_together(
+        [lambda o=o, t=t: client.contextual_embed(t, **OPTION_SETS[o]) for o, t in requests]
+    )
+    after = _merged(server)
+    for mine, ref in zip(got, alone, strict=True):
+        assert isinstance(mine, list), mine
+        _assert_same(mine, ref)
+    d = {k: after[k] - before[k] for k in after}
+    print(f"24 concurrent calls: {d['batches']:.0f} merged batches, {d['single']:.0f} of one call")
+    assert d["requests"] == len(requests)
+    assert d["texts"] == sum(len(t) for _, t in requests)
+    assert d["batches"] < len(requests)  # some batch answered more than one call
+    assert d["single"] < d["batches"]
+
+
+def test_a_bad_request_among_concurrent_good_ones_fails_alone(
+    server: EmbedlensServer, client: Client
+) -> None:
+    good = _requests(12)
+    alone = [client.contextual_embed(texts, **OPTION_SETS[o]) for o, texts in good]
+    opts = OPTION_SETS[0]
+    bad: list[tuple[Callable[[], object], type[ClientError], str]] = [
+        (
+            lambda: client.contextual_embed(["ok", "word " * 600], **opts),
+            ResourceExhaustedError,
+            "text 1 has 602 tokens (special tokens included), over this server's limit "
+            "max_tokens=512",
+        ),
+        (
+            lambda: client.contextual_embed(RIVER, points=["final", "resid"]),
+            InvalidArgumentError,
+            "unknown point(s) 'resid'",
+        ),
+        (
+            lambda: client.contextual_embed(["a"] * 65, **opts),
+            ResourceExhaustedError,
+            "65 texts is over this server's limit max_texts=64",
+        ),
+        (
+            lambda: client.contextual_embed(RIVER, points="final", nearest_k=1001),
+            ResourceExhaustedError,
+            "nearest_k=1001 is over this server's limit max_k=1000",
+        ),
+    ]
+    calls = [lambda o=o, t=t: client.contextual_embed(t, **OPTION_SETS[o]) for o, t in good]
+    calls[3:3] = [call for call, _, _ in bad]
+    got = _run_together(calls)
+    errors, answers = got[3 : 3 + len(bad)], got[:3] + got[3 + len(bad) :]
+    for err, (_, kind, message) in zip(errors, bad, strict=True):
+        assert isinstance(err, kind), err
+        assert err.details.startswith(message), err.details
+    for mine, ref in zip(answers, alone, strict=True):
+        assert isinstance(mine, list), mine
+        _assert_same(mine, ref)
+
+
+def test_an_expired_call_stops_between_passes(server: EmbedlensServer, target: str) -> None:
+    """32 texts of ~240 tokens are two passes; the deadline passes during the first, so the
+    second never runs, and the server keeps answering."""
+    labels = {"grpc_method": "ContextualEmbed", "stage": "running"}
+    before = _sample(server, "embedlens_abandoned_calls_total", **labels)
+    texts = [f"the river bank number {i} " + "the river bank " * 78 for i in range(32)]
+    with Client(target, timeout=0.3, retries=0) as hasty, pytest.raises(DeadlineExceededError):
+        hasty.contextual_embed(texts, points="final")
+    expired = time.monotonic()
+    while _sample(server, "embedlens_abandoned_calls_total", **labels) <= before:
+        assert time.monotonic() - expired < 30, "the server never stopped the work"
+        time.sleep(0.02)
+    print(f"stopped {time.monotonic() - expired:.2f}s after the deadline")
+    with Client(target, timeout=60) as c:
+        (ok,) = c.contextual_embed(RIVER, points="embed")
+    assert ok.activations["embed"].shape == (8, 384)
+
+
+def test_passes_group_texts_by_length_within_the_position_budget() -> None:
+    from embedlens.contextual import PASS_POSITIONS, _passes
+
+    rng = np.random.default_rng(3)
+    for _ in range(200):
+        lengths = rng.integers(1, 513, size=int(rng.integers(1, 80))).tolist()
+        passes = _passes(lengths)
+        assert sorted(i for p in passes for i in p) == list(range(len(lengths)))
+        for p in passes:
+            assert lengths[p[0]] == max(lengths[i] for i in p)  # padded to its first text
+            assert len(p) == 1 or len(p) * lengths[p[0]] <= PASS_POSITIONS
+    assert _passes([10] * 5) == [[0, 1, 2, 3, 4]]
+    # a long text among short ones runs alone instead of padding them all to its length
+    assert _passes([500, 8, 9, 10]) == [[0], [3, 2, 1]]

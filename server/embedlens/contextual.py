@@ -10,12 +10,17 @@ The model always reads the special tokens it was trained with ([CLS] ... [SEP] f
 `skip_special_tokens` only leaves them out of what is returned. Pooling reads the whole model
 input, so the mean-pooled vector is sentence-transformers' sentence embedding either way.
 
-Every limit is checked before the model runs. Pure numpy/torch: no grpc here.
+Every limit is checked before the model runs: `prepare` checks and tokenizes one request,
+`embed_prepared` runs the texts of one or more prepared requests with the same options as one
+set of forward passes (the service merges concurrent calls this way, see batching.py) and
+splits the results back. Pure numpy/torch: no grpc here.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,6 +37,18 @@ POOLINGS = ("mean", "first", "last")
 # Padded positions per forward pass. Texts are sorted by length and cut into passes of at most
 # this many (batch x pos) positions: bounds the (batch, n_heads, pos, pos) attention scores.
 PASS_POSITIONS = 4096
+# What one more pass costs, in padded positions: each pass reads every weight once however few
+# rows it has. Measured for MiniLM-L6 on one core: ~12 ms a pass plus ~0.5 ms a position
+# (1x8: 19 ms, 1x32: 28 ms, 16x8: 61 ms, 16x32: 282 ms), so a pass is worth ~25 positions of
+# padding; a new pass is started only where it saves more padding than that.
+PASS_OVERHEAD_POSITIONS = 32
+# torch (OpenMP) threads for the forward passes, set in the calling thread only. Measured on
+# this 2-core machine, batches of 16 texts of 8-32 tokens ('final'), with a busy-looping
+# process on one core (as the bench's load generator is): 1 thread 51 texts/s, 2 threads 11
+# (OpenMP's barriers spin waiting for the taken core); one text at a time 19 against 6. Idle,
+# 2 threads win only 70 -> 94. Half the cores leaves the rest to gRPC, tokenizing and encoding.
+# (Two 1-thread passes side by side were no faster here: each pass slowed by 1.2-1.4x.)
+FORWARD_THREADS = max(1, len(os.sched_getaffinity(0)) // 2)
 F16_MAX = float(np.finfo(np.float16).max)
 # Rough wire cost of one neighbour (token text, id, score, framing) for the size check.
 _NEIGHBOR_BYTES = 24
@@ -68,6 +85,15 @@ class ContextualText:
     tokens: list[TokenSpan]
     points: list[PointValues]
     pooled: np.ndarray | None  # (d_model,) float32 when pooling was asked for
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """One request, checked against every limit and tokenized: ready for a forward pass."""
+
+    points: tuple[Point, ...]
+    spans: tuple[list[TokenSpan], ...]  # per text, special tokens included
+    keep: tuple[list[int], ...]  # per text, the positions returned
 
 
 def transformer_of(space: EmbeddingSpace) -> Transformer:
@@ -124,6 +150,13 @@ def contextual_embed(
     space: EmbeddingSpace, texts: Sequence[str], opts: ContextualOptions, limits: Limits
 ) -> list[ContextualText]:
     """Run the transformer on `texts` (one or more batched passes); one result per text."""
+    return embed_prepared(space, opts, [prepare(space, texts, opts, limits)])[0]
+
+
+def prepare(
+    space: EmbeddingSpace, texts: Sequence[str], opts: ContextualOptions, limits: Limits
+) -> Prepared:
+    """Check one request against every limit and tokenize it; nothing runs the model yet."""
     tr = transformer_of(space)
     cfg = tr.cfg
     if not texts:
@@ -137,25 +170,25 @@ def contextual_embed(
     spans = [_tokenize(space, t, i, cfg.n_ctx, limits) for i, t in enumerate(texts)]
     keep = [_output_positions(s, opts.skip_special_tokens) for s in spans]
     _check_response_size(sum(len(k) for k in keep), len(points), space.d_model, opts, limits)
+    return Prepared(tuple(points), tuple(spans), tuple(keep))
 
+
+def embed_prepared(
+    space: EmbeddingSpace, opts: ContextualOptions, requests: Sequence[Prepared]
+) -> list[list[ContextualText]]:
+    """Run the texts of every request (all prepared with `opts`) as one set of forward passes,
+    grouped by length across requests; the results, one list per request, in order."""
+    tr = transformer_of(space)
+    points = requests[0].points
+    spans = [s for r in requests for s in r.spans]
+    keep = [k for r in requests for k in r.keep]
     names = [p.name for p in points]
-    values: list[dict[str, np.ndarray]] = [{} for _ in texts]
-    pooled: list[np.ndarray | None] = [None] * len(texts)
-    for chunk in _passes([len(s) for s in spans]):
-        checkpoint()  # stop between passes if the caller has gone away
-        T = max(len(spans[i]) for i in chunk)
-        ids = np.zeros((len(chunk), T), dtype=np.int64)  # (batch, pos), right-padded
-        mask = np.zeros((len(chunk), T), dtype=np.int64)  # (batch, pos)
-        for b, i in enumerate(chunk):
-            ids[b, : len(spans[i])] = [s.id for s in spans[i]]
-            mask[b, : len(spans[i])] = 1
-        final, cache = tr.run_with_cache(ids, mask, names_filter=names)
-        for b, i in enumerate(chunk):
-            for name in names:
-                values[i][name] = _rows(cache[name][b], keep[i])  # (n_out, d_model)
-            if opts.pooling is not None:
-                pooled[i] = _pool(final[b, : len(spans[i])], opts.pooling, opts.normalize)
-        del final, cache
+    values: list[dict[str, np.ndarray]] = [{} for _ in spans]
+    pooled: list[np.ndarray | None] = [None] * len(spans)
+    with _torch_threads(FORWARD_THREADS), torch.inference_mode():
+        for chunk in _passes([len(s) for s in spans]):
+            checkpoint()  # stop between passes if every caller has gone away
+            _forward(tr, chunk, spans, keep, names, opts, values, pooled)
 
     if opts.half_precision:
         _check_float16_range(values)
@@ -167,7 +200,54 @@ def contextual_embed(
             sc, ix = nearest[i][p.name] if nearest is not None else (None, None)
             pvs.append(PointValues(p, values[i][p.name], sc, ix))
         results.append(ContextualText([s[j] for j in keep[i]], pvs, pooled[i]))
-    return results
+    out, start = [], 0
+    for r in requests:
+        out.append(results[start : start + len(r.spans)])
+        start += len(r.spans)
+    return out
+
+
+def _forward(
+    tr: Transformer,
+    chunk: list[int],
+    spans: list[list[TokenSpan]],
+    keep: list[list[int]],
+    names: list[str],
+    opts: ContextualOptions,
+    values: list[dict[str, np.ndarray]],
+    pooled: list[np.ndarray | None],
+) -> None:
+    """One forward pass over texts `chunk` (longest first); fills their values and pooled."""
+    T = len(spans[chunk[0]])
+    ids = np.zeros((len(chunk), T), dtype=np.int64)  # (batch, pos), right-padded
+    mask = np.zeros((len(chunk), T), dtype=np.int64)  # (batch, pos)
+    for b, i in enumerate(chunk):
+        ids[b, : len(spans[i])] = [s.id for s in spans[i]]
+        mask[b, : len(spans[i])] = 1
+    final, cache = tr.run_with_cache(ids, mask, names_filter=names)
+    for b, i in enumerate(chunk):
+        for name in names:
+            values[i][name] = _rows(cache[name][b], keep[i])  # (n_out, d_model)
+        if opts.pooling is not None:
+            pooled[i] = _pool(final[b, : len(spans[i])], opts.pooling, opts.normalize)
+
+
+@contextmanager
+def _torch_threads(n: int) -> Iterator[None]:
+    """torch's intra-op threads for this thread's forward passes, restored afterwards.
+
+    With OpenMP the count is per OS thread (set_num_threads also sets the default that threads
+    starting later pick up, hence the restore), so other handler threads are not affected.
+    """
+    before = torch.get_num_threads()
+    if before == n:
+        yield
+        return
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _check_options(opts: ContextualOptions, limits: Limits) -> None:
@@ -242,15 +322,43 @@ def _check_float16_range(values: list[dict[str, np.ndarray]]) -> None:
 
 
 def _passes(lengths: list[int]) -> list[list[int]]:
-    """Text indices grouped into forward passes, longest first, so little padding is wasted."""
+    """Text indices grouped into forward passes, longest first, so little padding is wasted.
+
+    Texts are sorted by length; a pass is a run of them padded to its first (longest) one and
+    holds at most PASS_POSITIONS padded positions. Where the runs are cut is chosen to minimise
+    padded positions plus PASS_OVERHEAD_POSITIONS per pass (dynamic programming over the cuts
+    between texts of different lengths): one long text among short ones gets a pass of its own,
+    texts of similar lengths share one.
+    """
+    if not lengths:
+        return []
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    n = len(order)
+    # cut candidates: where the length changes (cutting inside a run of equal lengths saves no
+    # padding), and the end
+    cuts = [j for j in range(1, n) if lengths[order[j]] != lengths[order[j - 1]]] + [n]
+    starts = [0, *cuts[:-1]]
+    # best[c]: least cost of the texts before cuts[c - 1] (best[0]: nothing yet)
+    best = [0.0] + [float("inf")] * len(cuts)
+    back = [0] * (len(cuts) + 1)
+    for a, start in enumerate(starts):  # a pass group starts at run a ...
+        head = lengths[order[start]]
+        cap = max(1, PASS_POSITIONS // head)  # texts per pass at this padded length
+        for b in range(a, len(cuts)):  # ... and ends before cuts[b]
+            count = cuts[b] - start
+            cost = best[a] + -(-count // cap) * PASS_OVERHEAD_POSITIONS + count * head
+            if cost < best[b + 1]:
+                best[b + 1], back[b + 1] = cost, a
+    groups: list[tuple[int, int]] = []
+    c = len(cuts)
+    while c > 0:
+        a = back[c]
+        groups.append((starts[a], cuts[c - 1]))
+        c = a
     passes: list[list[int]] = []
-    for i in order:
-        # each pass is padded to its first (longest) text
-        if passes and (len(passes[-1]) + 1) * lengths[passes[-1][0]] <= PASS_POSITIONS:
-            passes[-1].append(i)
-        else:
-            passes.append([i])
+    for lo, hi in reversed(groups):
+        cap = max(1, PASS_POSITIONS // lengths[order[lo]])
+        passes += [order[j : min(j + cap, hi)] for j in range(lo, hi, cap)]
     return passes
 
 
