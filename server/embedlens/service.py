@@ -279,7 +279,14 @@ def _run_analogy(key: Any, items: list[tuple[EmbeddingSpace, list[AnalogyQuery]]
     return _split(scores, ids, [len(qs) for _, qs in items])
 
 
-def _batcher(run: RunBatch[Any, Hits], method: str, limits: Limits, metrics: Metrics) -> Batcher:
+def _batcher(
+    run: RunBatch[Any, Any],
+    method: str,
+    max_queries: int,
+    metrics: Metrics,
+    max_wait: float = 0.0,
+) -> Batcher:
+    """A Batcher for `method` that records its waits and merged batch sizes."""
     queries = metrics.merged_queries.labels(method)
     requests = metrics.merged_requests.labels(method)
 
@@ -289,7 +296,8 @@ def _batcher(run: RunBatch[Any, Hits], method: str, limits: Limits, metrics: Met
 
     return Batcher(
         run,
-        max_queries=limits.max_batch,
+        max_queries=max_queries,
+        max_wait=max_wait,
         on_wait=metrics.queue_wait.labels(method).observe,
         on_batch=on_batch,
     )
@@ -310,29 +318,6 @@ def _run_contextual(
     return embed_prepared(items[0][0], opts, [p for _, p in items])
 
 
-def _contextual_batcher(limits: Limits, metrics: Metrics) -> Batcher:
-    """Concurrent ContextualEmbed calls with the same model and options share forward passes.
-
-    A merged batch holds at most max_texts texts (one largest request's worth), which
-    contextual.embed_prepared cuts into passes by length as it does one request's texts.
-    """
-    method = "ContextualEmbed"
-    queries = metrics.merged_queries.labels(method)
-    requests = metrics.merged_requests.labels(method)
-
-    def on_batch(n_texts: int, n_requests: int) -> None:
-        queries.observe(n_texts)
-        requests.observe(n_requests)
-
-    return Batcher(
-        _run_contextual,
-        max_queries=limits.max_texts,
-        max_wait=CONTEXTUAL_MAX_WAIT,
-        on_wait=metrics.queue_wait.labels(method).observe,
-        on_batch=on_batch,
-    )
-
-
 # ---- the servicer ------------------------------------------------------------------------
 
 
@@ -342,9 +327,16 @@ class EmbeddingService(pb_grpc.EmbeddingServiceServicer):
         self.limits = limits
         self.metrics = metrics
         # Concurrent Nearest / Analogy calls with the same options share one search.
-        self._nearest = _batcher(_run_nearest, "Nearest", limits, metrics)
-        self._analogy = _batcher(_run_analogy, "Analogy", limits, metrics)
-        self._contextual = _contextual_batcher(limits, metrics)
+        self._nearest = _batcher(_run_nearest, "Nearest", limits.max_batch, metrics)
+        self._analogy = _batcher(_run_analogy, "Analogy", limits.max_batch, metrics)
+        # ContextualEmbed: a merged batch holds at most max_texts texts (one largest request's
+        # worth), which contextual.embed_prepared cuts into passes by length.
+        self._contextual = _batcher(
+            _run_contextual, "ContextualEmbed", limits.max_texts, metrics, CONTEXTUAL_MAX_WAIT
+        )
+        # per-request batch sizes, children bound once
+        methods = ("Lookup", "Nearest", "Analogy", "ContextualEmbed")
+        self._sizes = {m: metrics.batch_size.labels(m) for m in methods}
 
     def Info(self, request: pb.InfoRequest, context: grpc.ServicerContext) -> pb.InfoResponse:
         space = self.registry.get(request.model)
@@ -375,7 +367,7 @@ class EmbeddingService(pb_grpc.EmbeddingServiceServicer):
     def Lookup(self, request: pb.LookupRequest, context: grpc.ServicerContext) -> pb.LookupResponse:
         space = self.registry.get(request.model)
         check_batch(len(request.items), self.limits, "items")
-        self.metrics.batch_size.labels("Lookup").observe(len(request.items))
+        self._sizes["Lookup"].observe(len(request.items))
         vectors = np.empty((len(request.items), space.d_model), dtype=np.float32)
         items: list[pb.LookupItem] = []
         missing: list[str] = []
@@ -422,7 +414,7 @@ class EmbeddingService(pb_grpc.EmbeddingServiceServicer):
     ) -> pb.NearestResponse:
         space = self.registry.get(request.model)
         check_batch(len(request.queries), self.limits, "queries")
-        self.metrics.batch_size.labels("Nearest").observe(len(request.queries))
+        self._sizes["Nearest"].observe(len(request.queries))
         opts = decode_options(request.options, self.limits)
         terms = decode_terms(space, list(request.queries), "query")
         key = (id(space), opts, request.include_query)
@@ -435,7 +427,7 @@ class EmbeddingService(pb_grpc.EmbeddingServiceServicer):
         space = self.registry.get(request.model)
         check_batch(len(request.queries), self.limits, "queries")
         check_terms(request.queries, self.limits)
-        self.metrics.batch_size.labels("Analogy").observe(len(request.queries))
+        self._sizes["Analogy"].observe(len(request.queries))
         opts = decode_options(request.options, self.limits)
         method = _METHODS.get(request.method)
         if method is None:
@@ -466,7 +458,7 @@ class EmbeddingService(pb_grpc.EmbeddingServiceServicer):
         prepared = prepare(space, list(request.texts), opts, self.limits)
         n = len(prepared.spans)
         results = self._contextual.submit((id(space), opts), (space, prepared), n)
-        self.metrics.batch_size.labels("ContextualEmbed").observe(n)
+        self._sizes["ContextualEmbed"].observe(n)
         return pb.ContextualEmbedResponse(
             model=space.name, results=encode_contextual(space, results, opts.half_precision)
         )
