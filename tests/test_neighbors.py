@@ -141,3 +141,49 @@ def test_no_table_over_the_row_limit(data, tmp_path) -> None:
     )
     idx.build()
     assert idx.table is None and idx.search_rows(np.array([100]), 10) is None
+
+
+# ---- through the server: token queries skip the batcher, vector queries are merged -----------
+
+
+def _merged_requests(app) -> tuple[float, float]:
+    reg, labels = app.metrics.registry, {"method": "Nearest"}
+    count = reg.get_sample_value("embedlens_merged_batch_requests_count", labels) or 0.0
+    total = reg.get_sample_value("embedlens_merged_batch_requests_sum", labels) or 0.0
+    return count, total
+
+
+def test_server_answers_tokens_from_the_table_and_merges_vector_queries(server, client) -> None:
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    words = ["king", "river", "music", "paris", "apple", "doctor", "green", "seven"]
+    vectors = client.lookup(words)
+    # tokens: exact answers, equal to an exact search with the vector (its own row left out)
+    searches = [client.nearest(vec, k=11, exact=True) for vec in vectors]
+    before = _merged_requests(server)
+    for word, found in zip(words, searches):
+        table = client.nearest(word, k=10)
+        searched = [n for n in found if n.token != word][:10]
+        assert [n.id for n in table] == [n.id for n in searched]
+        np.testing.assert_allclose(
+            [n.score for n in table], [n.score for n in searched], rtol=0, atol=1e-5
+        )
+    assert _merged_requests(server) == before  # no token query went through a batch
+
+    # 24 concurrent raw-vector queries: merged into shared searches, answers as if alone
+    solo = [client.nearest(v, k=10, exact=True) for v in vectors]
+    barrier = threading.Barrier(24)
+
+    def one(i: int) -> list:
+        barrier.wait(30)
+        return client.nearest(vectors[i % len(words)], k=10, exact=True)
+
+    with ThreadPoolExecutor(24) as pool:
+        together = list(pool.map(one, range(24)))
+    for i, answer in enumerate(together):
+        assert [n.id for n in answer] == [n.id for n in solo[i % len(words)]]
+    count, total = _merged_requests(server)
+    new_batches, new_requests = count - before[0], total - before[1]
+    assert new_requests == 24 + len(words)
+    assert new_batches < new_requests  # at least two calls shared one search

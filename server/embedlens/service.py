@@ -23,7 +23,16 @@ from .errors import InvalidArgument, NotFound, ResourceExhausted, quote_list
 from .index import COSINE, DOT
 from .metrics import Metrics
 from .registry import ModelRegistry
-from .similarity import COS_ADD, COS_MUL, AnalogyQuery, SearchOptions, Term, analogy, nearest
+from .similarity import (
+    COS_ADD,
+    COS_MUL,
+    AnalogyQuery,
+    SearchOptions,
+    Term,
+    analogy,
+    nearest,
+    nearest_from_table,
+)
 from .spaces import EmbeddingSpace, TokenSpan
 from .transformer import point_names
 
@@ -417,8 +426,12 @@ class EmbeddingService(pb_grpc.EmbeddingServiceServicer):
         self._sizes["Nearest"].observe(len(request.queries))
         opts = decode_options(request.options, self.limits)
         terms = decode_terms(space, list(request.queries), "query")
-        key = (id(space), opts, request.include_query)
-        scores, ids = self._nearest.submit(key, (space, terms), len(terms))
+        hit = nearest_from_table(space, terms, opts, include_query=request.include_query)
+        if hit is not None:  # tokens and ids the neighbour table answers: nothing to batch
+            scores, ids = hit
+        else:
+            key = (id(space), opts, request.include_query)
+            scores, ids = self._nearest.submit(key, (space, terms), len(terms))
         return pb.NearestResponse(model=space.name, results=encode_neighbors(space, scores, ids))
 
     def Analogy(

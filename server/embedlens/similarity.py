@@ -70,12 +70,8 @@ def _gensim_term(t: Term) -> np.ndarray:
     return _unit(t.vector, "a query vector") if t.id is not None else t.vector.astype(np.float32)
 
 
-def nearest(
-    space: EmbeddingSpace, terms: list[Term], opts: SearchOptions, *, include_query: bool = False
-) -> tuple[np.ndarray, np.ndarray]:
-    """(scores, ids), each (n_queries, k): the closest rows to each term."""
-    exclude = None if include_query else [{t.id} if t.id is not None else set() for t in terms]
-    how: dict[str, Any] = {
+def _search_kwargs(opts: SearchOptions, exclude: list[set[int]] | None) -> dict[str, Any]:
+    return {
         "metric": opts.metric,
         "exact": opts.exact,
         "whole_words_only": opts.whole_words_only,
@@ -83,16 +79,38 @@ def nearest(
         "exclude": exclude,
         "ef_search": opts.ef_search,
     }
-    if all(t.id is not None for t in terms):  # tokens and ids: the neighbour table may know
-        rows = np.fromiter((t.id for t in terms), dtype=np.int64, count=len(terms))
-        hit = space.index.search_rows(rows, opts.k, **how)
-        if hit is not None:
-            return hit
+
+
+def _exclusions(terms: list[Term], include_query: bool) -> list[set[int]] | None:
+    return None if include_query else [{t.id} if t.id is not None else set() for t in terms]
+
+
+def nearest_from_table(
+    space: EmbeddingSpace, terms: list[Term], opts: SearchOptions, *, include_query: bool = False
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """nearest()'s answer from the neighbour table when every term is a row of E and the table
+    holds exactly that answer (index.search_rows), else None. No search runs: a caller may
+    answer from here without queueing for a batch."""
+    if not all(t.id is not None for t in terms):
+        return None
+    rows = np.fromiter((t.id for t in terms), dtype=np.int64, count=len(terms))
+    exclude = _exclusions(terms, include_query)
+    return space.index.search_rows(rows, opts.k, **_search_kwargs(opts, exclude))
+
+
+def nearest(
+    space: EmbeddingSpace, terms: list[Term], opts: SearchOptions, *, include_query: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """(scores, ids), each (n_queries, k): the closest rows to each term."""
+    hit = nearest_from_table(space, terms, opts, include_query=include_query)
+    if hit is not None:
+        return hit
     if opts.metric == COSINE:
         q = np.stack([_unit(t.vector, "query vector") for t in terms])
     else:
         q = np.stack([t.vector for t in terms]).astype(np.float32)
-    return space.index.search(q, opts.k, **how)
+    exclude = _exclusions(terms, include_query)
+    return space.index.search(q, opts.k, **_search_kwargs(opts, exclude))
 
 
 def analogy(
