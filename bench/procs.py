@@ -95,8 +95,10 @@ def start_embedlens(
     args: tuple[str, ...] = (),
     env: dict[str, str] | None = None,
     timeout: float = 900.0,
+    processes: int = 1,
 ) -> Proc:
-    """`embedlens serve` on a free loopback port, waited for until health says SERVING."""
+    """`embedlens serve` on a free loopback port, waited for until health says SERVING (with
+    `--processes` in args, pass `processes`: every process must say so)."""
     port = free_port()
     log = log_dir / f"{name}.log"
     cmd = [
@@ -122,10 +124,42 @@ def start_embedlens(
     p = Proc(proc, port, t0, log)
     try:
         wait_serving(p, timeout)
+        if processes > 1:
+            _wait_all_serving(p, timeout)
     except BaseException:
         p.stop()
         raise
     return p
+
+
+def _wait_all_serving(p: Proc, timeout: float, connections: int = 16) -> None:
+    """SERVING on `connections` fresh connections at once: with SO_REUSEPORT each lands on a
+    random process, so all of them answering SERVING means every process has loaded (a
+    process left out of 16 connections among 2: 2**-15)."""
+    deadline = time.monotonic() + timeout
+    opts = [("grpc.use_local_subchannel_pool", 1)]
+    while time.monotonic() < deadline:
+        chans = [grpc.insecure_channel(p.target, options=opts) for _ in range(connections)]
+        try:
+            ok = 0
+            for ch in chans:
+                try:
+                    r = health_pb2_grpc.HealthStub(ch).Check(
+                        health_pb2.HealthCheckRequest(service=""), timeout=2.0
+                    )
+                    ok += r.status == health_pb2.HealthCheckResponse.SERVING
+                except grpc.RpcError:
+                    pass
+        finally:
+            for ch in chans:
+                ch.close()
+        if ok == connections:
+            p.ready_seconds = time.perf_counter() - p.started
+            return
+        if p.proc.poll() is not None:
+            raise RuntimeError(f"server exited with {p.proc.returncode}; log: {p.log}")
+        time.sleep(0.2)
+    raise TimeoutError(f"not every server process SERVING after {timeout:.0f}s; log: {p.log}")
 
 
 def start_echo(log_dir: Path, sizes: dict[str, int], *, workers: int = 16) -> Proc:

@@ -52,6 +52,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "folders, for a before/after comparison)",
     )
     p.add_argument("--analogies", type=Path, default=None, help="default: gensim's Google set")
+    p.add_argument(
+        "--server-processes",
+        type=int,
+        default=2,
+        help="rows 1-4: `embedlens serve --processes N` (SO_REUSEPORT; 1: one process)",
+    )
+    p.add_argument(
+        "--channels",
+        type=int,
+        default=4,
+        help="rows 2-4: connections the load generator spreads its callers over (echo too)",
+    )
     p.add_argument("--seconds", type=float, default=None, help="per throughput measurement")
     p.add_argument("--rounds", type=int, default=None, help="alternations of ours and echo")
     p.add_argument("--scale-n", type=int, default=None, help="rows of the synthetic matrix")
@@ -120,9 +132,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.row_set & {1, 2, 3, 4}:
         from embedlens_client import Client
 
+        n = args.server_processes
+        processes = ("--processes", str(n)) if n > 1 else ()
+        setup = f"server: {n} process{'es' if n > 1 else ''}, load over {args.channels} channel(s)"
+
         t0 = time.perf_counter()
         with (
-            start_embedlens(cache, logs, args=server_args, env=server_env) as srv,
+            start_embedlens(
+                cache,
+                logs,
+                args=server_args + processes,
+                env=server_env,
+                processes=args.server_processes,
+            ) as srv,
             Client(srv.target, timeout=600.0) as client,
         ):
             timed("server start", t0)
@@ -147,12 +169,17 @@ def main(argv: list[str] | None = None) -> int:
                     logs,
                     seconds=args.seconds,
                     rounds=args.rounds,
+                    channels=args.channels,
                 )
+                for r in nl:
+                    r.note += f"; {setup}"
                 rows += [r for r in nl if int(r.id[0]) in args.row_set]
                 timed("rows 2-3 (Nearest, Lookup)", t0)
             if 4 in args.row_set:
                 t0 = time.perf_counter()
-                rows.append(_contextual(srv.target, client, space, args.seconds))
+                row = _contextual(srv.target, client, space, args.seconds, args.channels)
+                row.note += f"; {setup}"
+                rows.append(row)
                 timed("row 4 (ContextualEmbed)", t0)
     if 5 in args.row_set and space is not None:
         t0 = time.perf_counter()
@@ -205,7 +232,7 @@ class _LazySpace:
         return getattr(self._space, name)
 
 
-def _contextual(target: str, client: object, space: object, seconds: float) -> Row:
+def _contextual(target: str, client: object, space: object, seconds: float, channels: int) -> Row:
     source = Path(space.source)  # type: ignore[attr-defined]
     tokenizer = space.tokenizer  # type: ignore[attr-defined]
     if tokenizer is None or not (source / "config.json").exists():
@@ -216,7 +243,14 @@ def _contextual(target: str, client: object, space: object, seconds: float) -> R
             skipped="not available: the model has no transformer (static vectors)",
         )
     texts = serving.sentences(space.vocab, tokenizer, 200)  # type: ignore[attr-defined]
-    return serving.run_contextual(target, client, source, texts, seconds=seconds)  # type: ignore[arg-type]
+    return serving.run_contextual(
+        target,
+        client,  # type: ignore[arg-type]
+        source,
+        texts,
+        seconds=seconds,
+        channels=channels,
+    )
 
 
 def _google_questions(space: object, path: Path | None) -> list[tuple[int, int, int]]:

@@ -59,6 +59,7 @@ def run_nearest_lookup(
     seconds: float,
     rounds: int,
     concurrency: int = 32,
+    channels: int = 1,
 ) -> list[Row]:
     """2a-2d (Nearest) and 3 (Lookup), each against the echo server.
 
@@ -98,7 +99,14 @@ def run_nearest_lookup(
         for _ in range(rounds):
             for name, tgt, method, reqs in plan:
                 results[name].append(
-                    tp.drive(tgt, method, reqs, concurrency=concurrency, seconds=seconds)
+                    tp.drive(
+                        tgt,
+                        method,
+                        reqs,
+                        concurrency=concurrency,
+                        seconds=seconds,
+                        channels=channels,
+                    )
                 )
 
     def mean(name: str) -> tp.Load:
@@ -177,6 +185,7 @@ def run_contextual(
     *,
     seconds: float,
     concurrency: int = 16,
+    channels: int = 1,
 ) -> Row:
     """4: ContextualEmbed ('final' point) against HF BertModel, one text at a time."""
     name = f"ContextualEmbed, {concurrency} concurrent, 8–32 tokens"
@@ -225,7 +234,12 @@ def run_contextual(
     req = tp.contextual_requests(texts, ("final",))
     try:
         ours = tp.drive(
-            target, tp.SERVICE + "ContextualEmbed", req, concurrency=concurrency, seconds=seconds
+            target,
+            tp.SERVICE + "ContextualEmbed",
+            req,
+            concurrency=concurrency,
+            seconds=seconds,
+            channels=channels,
         )
     except grpc.RpcError as exc:  # pragma: no cover - reported, not hidden
         return Row("4", name, target=CONTEXTUAL_TARGET, skipped=f"load run failed: {exc}")

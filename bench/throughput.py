@@ -51,32 +51,41 @@ async def _drive(
     concurrency: int,
     seconds: float,
     warmup: float,
+    channels: int,
 ) -> Load:
-    async with grpc.aio.insecure_channel(target, options=_OPTIONS) as channel:
-        call = channel.unary_unary(method)  # bytes in, bytes out: nothing parsed
-        latencies: list[float] = []
-        errors = 0
-        t_start = time.perf_counter()
-        t_measure = t_start + warmup
-        t_end = t_measure + seconds
+    # Several channels, one connection each, when asked: a server with several processes on
+    # one port (SO_REUSEPORT) gets connections, not calls, spread over them.
+    options = _OPTIONS + ([("grpc.use_local_subchannel_pool", 1)] if channels > 1 else [])
+    chans = [grpc.aio.insecure_channel(target, options=options) for _ in range(channels)]
+    calls = [ch.unary_unary(method) for ch in chans]  # bytes in, bytes out: nothing parsed
+    latencies: list[float] = []
+    errors = 0
+    t_start = time.perf_counter()
+    t_measure = t_start + warmup
+    t_end = t_measure + seconds
 
-        async def worker(i: int) -> None:
-            nonlocal errors
-            j = i
-            while True:
-                t0 = time.perf_counter()
-                if t0 >= t_end:
-                    return
-                try:
-                    await call(requests[j % len(requests)], timeout=60.0)
-                except grpc.aio.AioRpcError:
-                    errors += 1
-                t1 = time.perf_counter()
-                if t0 >= t_measure and t1 <= t_end:
-                    latencies.append(t1 - t0)
-                j += concurrency
+    async def worker(i: int) -> None:
+        nonlocal errors
+        call = calls[i % channels]
+        j = i
+        while True:
+            t0 = time.perf_counter()
+            if t0 >= t_end:
+                return
+            try:
+                await call(requests[j % len(requests)], timeout=60.0)
+            except grpc.aio.AioRpcError:
+                errors += 1
+            t1 = time.perf_counter()
+            if t0 >= t_measure and t1 <= t_end:
+                latencies.append(t1 - t0)
+            j += concurrency
 
+    try:
         await asyncio.gather(*(worker(i) for i in range(concurrency)))
+    finally:
+        for ch in chans:
+            await ch.close()
     lat = np.array(latencies) if latencies else np.zeros(1)
     return Load(
         rps=len(latencies) / seconds,
@@ -96,9 +105,11 @@ def drive(
     concurrency: int,
     seconds: float,
     warmup: float = 1.0,
+    channels: int = 1,
 ) -> Load:
-    """Closed-loop load: `concurrency` callers, each one request in flight, for `seconds`."""
-    return asyncio.run(_drive(target, method, requests, concurrency, seconds, warmup))
+    """Closed-loop load: `concurrency` callers, each one request in flight, for `seconds`,
+    spread over `channels` connections."""
+    return asyncio.run(_drive(target, method, requests, concurrency, seconds, warmup, channels))
 
 
 def unary(target: str, method: str, request: bytes) -> bytes:

@@ -63,6 +63,7 @@ class ServerConfig:
     default_model: str = ""
     cache_dir: Path = field(default_factory=lambda: Path.home() / ".cache" / "embedlens")
     workers: int = 16
+    processes: int = 1  # server processes sharing the port (SO_REUSEPORT); see processes.py
     hnsw_m: int = 32
     hnsw_ef_construction: int = 200
     hnsw_ef_search: int = 0  # 0: tuned at load to reach hnsw_target_recall
@@ -109,6 +110,12 @@ _FLAGS: list[tuple[str, str, type, str]] = [
     ("--default-model", "default_model", str, "model used when a request names none"),
     ("--cache-dir", "cache_dir", Path, "where converted matrices and built indexes are cached"),
     ("--workers", "workers", int, "gRPC worker threads"),
+    (
+        "--processes",
+        "processes",
+        int,
+        "server processes on one port (SO_REUSEPORT; the kernel spreads connections)",
+    ),
     ("--hnsw-m", "hnsw_m", int, "HNSW graph degree"),
     ("--hnsw-ef-construction", "hnsw_ef_construction", int, "HNSW build-time beam width"),
     (
@@ -296,6 +303,8 @@ def _check(config: ServerConfig) -> None:
         raise ValueError("neighbor_table_k and neighbor_table_max_rows must not be negative")
     if config.workers < 1:
         raise ValueError(f"workers must be at least 1, got {config.workers}")
+    if config.processes < 1:
+        raise ValueError(f"processes must be at least 1, got {config.processes}")
     if (config.tls_cert is None) != (config.tls_key is None):
         raise ValueError("TLS needs both --tls-cert and --tls-key")
     if config.tls_client_ca is not None and config.tls_cert is None:

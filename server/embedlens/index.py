@@ -414,7 +414,9 @@ class VectorIndex:
             return None
         if not (self.norms[rows] > 0).all():  # a zero row has no direction: search says so
             return None
-        scores, ids = t.scores[rows], t.ids[rows]
+        # only the first k + |excluded| columns can make the answer
+        width = min(k + extra, t.k)
+        scores, ids = t.scores[rows, :width], t.ids[rows, :width]
         if exclude:
             return _drop_excluded(scores, ids, exclude, k)
         return _pad(scores[:, :k], ids[:, :k], k)

@@ -178,7 +178,8 @@ def create_server(config: ServerConfig) -> tuple[EmbedlensServer, int]:
         options=[
             ("grpc.max_receive_message_length", limits.max_request_bytes),
             ("grpc.max_send_message_length", limits.max_response_bytes),
-            ("grpc.so_reuseport", 0),
+            # on only for --processes > 1: otherwise a second server on a port in use must fail
+            ("grpc.so_reuseport", 1 if config.processes > 1 else 0),
         ],
     )
     app_box: list[EmbedlensServer] = []
@@ -219,7 +220,18 @@ def _loopback(host: str) -> bool:
 
 
 def serve(config: ServerConfig) -> int:
-    """Run until SIGTERM or SIGINT, then drain and return 0; SIGHUP reloads every model."""
+    """Run until SIGTERM or SIGINT, then drain and return 0; SIGHUP reloads every model.
+
+    With --processes N > 1 this process supervises N server processes (processes.py)."""
+    if config.processes > 1:
+        from .processes import serve_processes
+
+        return serve_processes(config)
+    return serve_one(config)
+
+
+def serve_one(config: ServerConfig) -> int:
+    """One server process: run until SIGTERM or SIGINT, drain, return 0."""
     app, _ = create_server(config)
     stop = threading.Event()
 
