@@ -55,7 +55,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--server-processes",
         type=int,
-        default=2,
+        default=3,
         help="rows 1-4: `embedlens serve --processes N` (SO_REUSEPORT; 1: one process)",
     )
     p.add_argument(
