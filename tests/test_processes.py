@@ -56,7 +56,7 @@ def test_copy_config_shares_the_port_and_spreads_metrics_ports() -> None:
     assert copy_config(off, 1, 5000).metrics_port == -1
 
 
-def test_two_processes_share_the_port_and_stop_on_sigterm(tmp_path: Path) -> None:
+def _start(tmp_path: Path) -> tuple[subprocess.Popen[str], int, int]:
     model = tmp_path / "tiny.txt"
     _tiny_model(model)
     port, metrics_port = _free_port(), _free_port()
@@ -91,6 +91,11 @@ def test_two_processes_share_the_port_and_stop_on_sigterm(tmp_path: Path) -> Non
         stderr=subprocess.STDOUT,
         text=True,
     )
+    return proc, port, metrics_port
+
+
+def test_two_processes_share_the_port_and_stop_on_sigterm(tmp_path: Path) -> None:
+    proc, port, metrics_port = _start(tmp_path)
     target = f"127.0.0.1:{port}"
     opts = [("grpc.use_local_subchannel_pool", 1)]  # one connection per channel
     channels = [grpc.insecure_channel(target, options=opts) for _ in range(CHANNELS)]
@@ -126,3 +131,31 @@ def test_two_processes_share_the_port_and_stop_on_sigterm(tmp_path: Path) -> Non
     assert out.count("stopped in") == 2 and "all server processes stopped" in out
     with socket.socket() as s:  # nothing listens any more
         assert s.connect_ex(("127.0.0.1", port)) != 0
+
+
+def _serving(port: int) -> bool:
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+        try:
+            r = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=2)
+        except grpc.RpcError:
+            return False
+        return bool(r.status == health_pb2.HealthCheckResponse.SERVING)
+
+
+def test_copies_stop_when_the_supervisor_is_killed(tmp_path: Path) -> None:
+    proc, port, _ = _start(tmp_path)
+    try:
+        deadline = time.monotonic() + 180
+        while not _serving(port):
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.1)
+    finally:
+        proc.kill()  # SIGKILL: nothing is passed on
+        proc.communicate(timeout=30)
+    deadline = time.monotonic() + 40
+    while True:  # the copies notice, drain (grace 4 s) and exit: the port closes
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) != 0:
+                break
+        assert time.monotonic() < deadline, "server copies outlived their supervisor"
+        time.sleep(0.2)

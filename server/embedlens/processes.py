@@ -14,6 +14,8 @@ processes: several clients, several channels, or a load balancer in front.
   exits 0. SIGHUP is passed on: every copy reloads.
 - If a copy dies on its own, the others are stopped and this process exits 1, so that the
   supervisor (systemd, Kubernetes, compose) restarts the whole set.
+- Each copy runs in its own process group (Ctrl-C reaches the supervisor, which passes it on
+  once) and stops by itself, draining, if the supervisor is killed outright.
 - Memory is per copy (E, graph, weights; ~650 MiB RSS for MiniLM): N copies cost N times that.
 """
 
@@ -53,22 +55,38 @@ def copy_config(config: ServerConfig, index: int, port: int) -> ServerConfig:
     return dataclasses.replace(config, port=port, metrics_port=metrics)
 
 
-def _run_copy(config: ServerConfig) -> None:
+def _run_copy(config: ServerConfig, parent: int) -> None:
+    # A process group of its own: Ctrl-C in a terminal reaches only the supervisor, which
+    # passes it on once (a second SIGINT would make a copy skip its drain).
+    os.setpgrp()
     # a fresh interpreter (spawn): set up logging as `embedlens serve` does
     logging.basicConfig(
         level=config.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s",
     )
+    threading.Thread(target=_watch_parent, args=(parent,), name="watch-parent", daemon=True).start()
     from .server import serve_one
 
     raise SystemExit(serve_one(config))
+
+
+def _watch_parent(parent: int) -> None:
+    """A copy whose supervisor is gone (killed with SIGKILL) drains and exits, as on SIGTERM."""
+    while os.getppid() == parent:
+        time.sleep(_POLL_SECONDS)
+    log.error("the supervising process %d is gone: stopping", parent)
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 def serve_processes(config: ServerConfig) -> int:
     port = config.port or _free_port(config.host)
     ctx = multiprocessing.get_context("spawn")  # no fork of a process with threads
     copies = [
-        ctx.Process(target=_run_copy, args=(copy_config(config, i, port),), name=f"embedlens-{i}")
+        ctx.Process(
+            target=_run_copy,
+            args=(copy_config(config, i, port), os.getpid()),
+            name=f"embedlens-{i}",
+        )
         for i in range(config.processes)
     ]
     stopping = threading.Event()
