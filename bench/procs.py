@@ -162,10 +162,13 @@ def _wait_all_serving(p: Proc, timeout: float, connections: int = 16) -> None:
     raise TimeoutError(f"not every server process SERVING after {timeout:.0f}s; log: {p.log}")
 
 
-def start_echo(log_dir: Path, sizes: dict[str, int], *, workers: int = 16) -> Proc:
-    """The bare gRPC echo server (bench/echo.py): method name -> response size in bytes."""
+def start_echo(
+    log_dir: Path, sizes: dict[str, int], *, workers: int = 16, processes: int = 1
+) -> Proc:
+    """The bare gRPC echo server (bench/echo.py): method name -> response size in bytes;
+    `processes` copies on one port."""
     port = free_port()
-    log = log_dir / "echo.log"
+    log = log_dir / f"echo-{processes}.log"
     cmd = [
         sys.executable,
         str(ROOT / "bench" / "echo.py"),
@@ -175,6 +178,8 @@ def start_echo(log_dir: Path, sizes: dict[str, int], *, workers: int = 16) -> Pr
         ",".join(f"{m}={n}" for m, n in sizes.items()),
         "--workers",
         str(workers),
+        "--processes",
+        str(processes),
     ]
     t0 = time.perf_counter()
     with log.open("wb") as out:
@@ -182,6 +187,8 @@ def start_echo(log_dir: Path, sizes: dict[str, int], *, workers: int = 16) -> Pr
     p = Proc(proc, port, t0, log)
     try:
         wait_serving(p, 60.0)
+        if processes > 1:
+            _wait_all_serving(p, 60.0)
     except BaseException:
         p.stop()
         raise

@@ -170,6 +170,7 @@ def main(argv: list[str] | None = None) -> int:
                     seconds=args.seconds,
                     rounds=args.rounds,
                     channels=args.channels,
+                    server_processes=args.server_processes,
                 )
                 for r in nl:
                     r.note += f"; {setup}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 
@@ -60,12 +61,17 @@ def run_nearest_lookup(
     rounds: int,
     concurrency: int = 32,
     channels: int = 1,
+    server_processes: int = 1,
 ) -> list[Row]:
     """2a-2d (Nearest) and 3 (Lookup), each against the echo server.
 
     Token queries (2a, 2b: the issue's workload) are answered from the server's precomputed
     neighbour table; raw-vector queries (2c, 2d: the same tokens' vectors) always search, so
     they measure the HNSW graph and the batched exact engine.
+
+    The targets are against one bare echo server. When embedlens runs several processes, 2e
+    and 3b also set 2a and 3 against an echo server with as many processes (report only): what
+    the extra processes would give a server that does no work at all.
     """
     nearest_m = tp.SERVICE + "Nearest"
     lookup_m = tp.SERVICE + "Lookup"
@@ -84,8 +90,11 @@ def run_nearest_lookup(
         "approx": measured_recall(client, tokens[:1000]),
         "vec_approx": measured_recall(client, list(vectors[:1000])),
     }
-    results: dict[str, list[tp.Load]] = {k: [] for k in ("echo_n", "echo_l", *req)}
-    with start_echo(log_dir, sizes) as echo:
+    same = server_processes > 1
+    echo_names = ("echo_n", "echo_l") + (("echo_n_same", "echo_l_same") if same else ())
+    results: dict[str, list[tp.Load]] = {k: [] for k in (*echo_names, *req)}
+    with contextlib.ExitStack() as stack:
+        echo = stack.enter_context(start_echo(log_dir, sizes))
         # Alternate baseline and ours, so slow phases of a shared machine hit both alike.
         plan = [
             ("echo_n", echo.target, nearest_m, req["approx"]),
@@ -96,6 +105,12 @@ def run_nearest_lookup(
             ("echo_l", echo.target, lookup_m, req["lookup"]),
             ("lookup", target, lookup_m, req["lookup"]),
         ]
+        if same:
+            echo_same = stack.enter_context(start_echo(log_dir, sizes, processes=server_processes))
+            plan += [
+                ("echo_n_same", echo_same.target, nearest_m, req["approx"]),
+                ("echo_l_same", echo_same.target, lookup_m, req["lookup"]),
+            ]
         for _ in range(rounds):
             for name, tgt, method, reqs in plan:
                 results[name].append(
@@ -161,6 +176,26 @@ def run_nearest_lookup(
             details={"ours": lk.as_dict(), "echo": echo_l.as_dict()},
         )
     )
+    if same:
+        for rid, name, echo_name, what in (
+            ("2e", "approx", "echo_n_same", "Nearest k=10, one token, default search"),
+            ("3b", "lookup", "echo_l_same", "Lookup, one token"),
+        ):
+            ours, base = mean(name), mean(echo_name)
+            rows.append(
+                Row(
+                    rid,
+                    f"{what}, {concurrency} concurrent, vs an echo server with as many processes",
+                    ours.rps,
+                    base.rps,
+                    "req/s",
+                    f"gRPC echo, {server_processes} processes",
+                    rate_ratio(ours.rps, base.rps),
+                    note=f"report only (the targets are against one echo server); echo p50 "
+                    f"{base.p50_ms:.1f} ms, p99 {base.p99_ms:.1f} ms",
+                    details={"ours": ours.as_dict(), "echo": base.as_dict()},
+                )
+            )
     return rows
 
 
