@@ -1,6 +1,6 @@
 """The embedlens benchmark suite: one table, ours against a baseline measured in the same run.
 
-    python bench/run.py                      # everything (about 30-40 min on 2 quiet cores)
+    python bench/run.py                      # everything (about 8-15 min on 2 cores)
     python bench/run.py --rows 1,2,3         # some rows
     python bench/run.py --quick ...          # tiny bounds: checks that everything runs
 
