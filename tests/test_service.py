@@ -46,6 +46,22 @@ def test_lookup_composes_subwords_only_when_asked(client: Client) -> None:
     assert not items[0].composed and items[0].id == 2332
 
 
+def test_lookup_mixed_batch_keeps_item_order(client: Client) -> None:
+    """Ids, composed words and tokens in one call: vector i belongs to item i."""
+    vectors, items = client.lookup_items(
+        [2332, "embeddings", "queen", "embeddings", 2332], compose_subwords=True
+    )
+    assert vectors.shape == (5, 384)
+    assert [it.composed for it in items] == [False, True, False, True, False]
+    king, queen = client.lookup(["king", "queen"])
+    np.testing.assert_array_equal(vectors[0], king)
+    np.testing.assert_array_equal(vectors[4], king)
+    np.testing.assert_array_equal(vectors[2], queen)
+    composed = client.lookup([p.id for p in items[1].pieces]).mean(axis=0)
+    np.testing.assert_allclose(vectors[1], composed, rtol=1e-6, atol=1e-7)
+    np.testing.assert_array_equal(vectors[3], vectors[1])
+
+
 def test_tokenize_gives_ids_and_character_offsets(client: Client) -> None:
     text = "The river Bank, flooded."
     toks = client.tokenize(text)

@@ -179,6 +179,13 @@ def encode_neighbors(
     return out
 
 
+def put_float32(t: pb.Tensor, a: np.ndarray) -> None:
+    """Fill a response's Tensor field in place (no message built and copied in)."""
+    t.shape.extend(a.shape)
+    t.dtype = pb.DTYPE_FLOAT32
+    t.data = np.ascontiguousarray(a, dtype="<f4").tobytes()
+
+
 def encode_tokens(spans: list[TokenSpan]) -> list[pb.Token]:
     return [
         pb.Token(text=t.text, id=t.id, start=t.start, end=t.end, special=t.special) for t in spans
@@ -377,10 +384,14 @@ class EmbeddingService(pb_grpc.EmbeddingServiceServicer):
 
     def Lookup(self, request: pb.LookupRequest, context: grpc.ServicerContext) -> pb.LookupResponse:
         space = self.registry.get(request.model)
-        check_batch(len(request.items), self.limits, "items")
-        self._sizes["Lookup"].observe(len(request.items))
-        vectors = np.empty((len(request.items), space.d_model), dtype=np.float32)
-        items: list[pb.LookupItem] = []
+        n = len(request.items)
+        check_batch(n, self.limits, "items")
+        self._sizes["Lookup"].observe(n)
+        response = pb.LookupResponse(model=space.name)
+        items = response.items
+        # Rows of E by id, or (for a composed item) its averaged vector: one gather at the end.
+        rows: list[int] = []
+        composed: dict[int, np.ndarray] = {}
         missing: list[str] = []
         for i, q in enumerate(request.items):
             kind = q.WhichOneof("query")
@@ -390,7 +401,7 @@ class EmbeddingService(pb_grpc.EmbeddingServiceServicer):
                 found = space.find_token(q.token)
                 if found is None and request.compose_subwords:
                     check_text(q.token, self.limits, f"item {i}")
-                    vectors[i], pieces = space.compose(q.token)
+                    composed[i], pieces = space.compose(q.token)
                     if len(pieces) > self.limits.max_tokens:
                         raise ResourceExhausted(
                             f"item {i} has {len(pieces)} pieces, over this server's limit "
@@ -401,6 +412,7 @@ class EmbeddingService(pb_grpc.EmbeddingServiceServicer):
                             token=q.token, id=-1, composed=True, pieces=encode_tokens(pieces)
                         )
                     )
+                    rows.append(0)
                     continue
                 if found is None:
                     missing.append(q.token)
@@ -410,15 +422,19 @@ class EmbeddingService(pb_grpc.EmbeddingServiceServicer):
                 raise InvalidArgument(f"item {i}: Lookup takes tokens or ids, not vectors")
             else:
                 raise InvalidArgument(f"item {i} is empty: set token or id")
-            vectors[i] = space.matrix[row]
-            items.append(pb.LookupItem(token=space.vocab[row], id=row))
+            rows.append(row)
+            items.add(token=space.vocab[row], id=row)
         if missing:
             what = "token" if len(missing) == 1 else "tokens"
             raise NotFound(
                 f"{what} {quote_list(missing)} not in the vocabulary of model {space.name!r} "
                 "(set compose_subwords to average the tokenizer's pieces)"
             )
-        return pb.LookupResponse(model=space.name, vectors=from_numpy(vectors), items=items)
+        vectors = space.matrix[rows]  # a fresh (n, d_model) float32 copy
+        for i, vec in composed.items():
+            vectors[i] = vec
+        put_float32(response.vectors, vectors)
+        return response
 
     def Nearest(
         self, request: pb.NearestRequest, context: grpc.ServicerContext
