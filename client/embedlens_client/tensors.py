@@ -41,11 +41,19 @@ def to_numpy(t: pb.Tensor) -> np.ndarray:
     return np.frombuffer(t.data, dtype=dtype).reshape(shape)
 
 
-def from_numpy(a: np.ndarray, dtype: Any = None) -> pb.Tensor:
-    """A Tensor message holding `a` (optionally cast), little-endian, C order."""
+def from_numpy(a: np.ndarray, dtype: Any = None, out: pb.Tensor | None = None) -> pb.Tensor:
+    """A Tensor message holding `a` (optionally cast), little-endian, C order.
+
+    With `out` (an empty Tensor field of a message being built), fills it in place and returns
+    it, so that no message is built only to be copied in."""
     arr = np.asarray(a, dtype=dtype)
     code = _FROM_NUMPY.get(arr.dtype.newbyteorder("="))
     if code is None:
         raise ValueError(f"cannot send arrays of dtype {arr.dtype}")
     data = np.ascontiguousarray(arr, dtype=_TO_NUMPY[code]).tobytes()
-    return pb.Tensor(shape=list(arr.shape), dtype=code, data=data)
+    if out is None:
+        return pb.Tensor(shape=list(arr.shape), dtype=code, data=data)
+    out.shape.extend(arr.shape)
+    out.dtype = code
+    out.data = data
+    return out

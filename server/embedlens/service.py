@@ -179,13 +179,6 @@ def encode_neighbors(
     return out
 
 
-def put_float32(t: pb.Tensor, a: np.ndarray) -> None:
-    """Fill a response's Tensor field in place (no message built and copied in)."""
-    t.shape.extend(a.shape)
-    t.dtype = pb.DTYPE_FLOAT32
-    t.data = np.ascontiguousarray(a, dtype="<f4").tobytes()
-
-
 def encode_tokens(spans: list[TokenSpan]) -> list[pb.Token]:
     return [
         pb.Token(text=t.text, id=t.id, start=t.start, end=t.end, special=t.special) for t in spans
@@ -266,7 +259,7 @@ def encode_contextual(
             ],
         )
         if r.pooled is not None:
-            msg.pooled.CopyFrom(from_numpy(r.pooled, dtype))
+            from_numpy(r.pooled, dtype, out=msg.pooled)
         out.append(msg)
     return out
 
@@ -433,7 +426,7 @@ class EmbeddingService(pb_grpc.EmbeddingServiceServicer):
         vectors = space.matrix[rows]  # a fresh (n, d_model) float32 copy
         for i, vec in composed.items():
             vectors[i] = vec
-        put_float32(response.vectors, vectors)
+        from_numpy(vectors, out=response.vectors)
         return response
 
     def Nearest(
